@@ -81,7 +81,8 @@ class LocalMirror:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "LocalMirror":
-        self._thread = threading.Thread(target=self._server.serve_forever, name="localmirror", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="localmirror",
+                                        daemon=True)
         self._thread.start()
         return self
 

@@ -1,0 +1,73 @@
+"""Progress for people and for cron: a tqdm bar when stderr is a terminal, periodic log lines otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger("mmcorpus")
+
+# Set by the CLI from --quiet / --progress; None means "bars when stderr is a TTY".
+_bars_enabled: bool | None = None
+LOG_EVERY_S = 10.0
+
+
+def set_bars(enabled: bool | None) -> None:
+    global _bars_enabled
+    _bars_enabled = enabled
+
+
+def bars_enabled() -> bool:
+    if _bars_enabled is not None:
+        return _bars_enabled
+    return sys.stderr.isatty()
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+class ByteProgress:
+    """Bytes of one download: `update(n)` as chunks arrive, `close()` at the end."""
+
+    def __init__(self, label: str, total: int | None, initial: int = 0):
+        self.label, self.total, self.done = label, total, initial
+        self.started = self.last_log = time.monotonic()
+        self.start_bytes = initial
+        self.bar = None
+        if bars_enabled():
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1000,
+                desc=label, file=sys.stderr, leave=False, dynamic_ncols=True,
+            )
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self.last_log >= LOG_EVERY_S:
+            self.last_log = now
+            log.info("%s: %s", self.label, self.describe())
+
+    def rate(self) -> float:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        return (self.done - self.start_bytes) / elapsed
+
+    def describe(self) -> str:
+        pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        return f"{human_bytes(self.done)} / {human_bytes(self.total)}{pct} at {human_bytes(self.rate())}/s"
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
