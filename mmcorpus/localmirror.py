@@ -6,9 +6,10 @@ then success, 429 with Retry-After, a connection cut mid-body, a server that ign
 HTML page instead of the file, Google Drive's confirm page, slow responses, opt-out headers.
 
 URL paths map to files under the served folder; the query string is ignored (CC3M URLs carry
-`?imgmax=800` and the like). Faults come from `Route`s registered in code or from `<folder>/_routes.json`
-(used by the demo mirror): each request to a path takes the first route whose `times` is not used up,
-and when none is left the file is served as is.
+`?imgmax=800` and the like), except an `id` parameter, which selects routes registered as `path?id=ID`
+(Google Drive serves every file from `/uc?id=...`). Faults come from `Route`s registered in code or from
+`<folder>/_routes.json` (used by the demo mirror): each request to a path takes the first route whose
+`times` is not used up, and when none is left the file is served as is.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Route:
 
     status: int | None = None  # answer with this status (and `body`, or a short text) instead of the file
     body: bytes | None = None  # serve these bytes (with status 200 unless `status` is set)
+    file: str | None = None  # serve this file of the served folder instead of the one the path names
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers (Retry-After, X-Robots-Tag)
     redirect: str | None = None  # 302 to this location (absolute, or a path on this server)
     ignore_range: bool = False  # answer 200 with the whole body even when a Range was asked for
@@ -155,14 +157,16 @@ def _make_handler(mirror: LocalMirror):
             split = urlsplit(self.path)
             path = split.path
             mirror.requests.append(SeenRequest(self.command, path, dict(self.headers.items())))
-            route = mirror._take_route(path) or Route()
+            file_id = parse_qs(split.query).get("id", [""])[0]
+            route = (file_id and mirror._take_route(f"{path}?id={file_id}")) or mirror._take_route(path) or Route()
             if route.delay:
                 time.sleep(route.delay)
             if route.redirect:
                 location = route.redirect if "://" in route.redirect else mirror.url + route.redirect
                 return self._send(302, b"", {"Location": location}, head)
             if route.gdrive_confirm and "confirm" not in parse_qs(split.query):
-                return self._send(200, _gdrive_page(mirror.url + path), {"Content-Type": "text/html"}, head)
+                page = _gdrive_page(mirror.url + path, file_id)
+                return self._send(200, page, {"Content-Type": "text/html"}, head)
             if route.html:
                 page = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Not the file</body></html>"
                 return self._send(200, page, {"Content-Type": "text/html; charset=utf-8"}, head)
@@ -172,7 +176,7 @@ def _make_handler(mirror: LocalMirror):
             if route.body is not None:
                 data = route.body
             else:
-                file = mirror._file_for(path)
+                file = mirror._file_for(route.file or path)
                 if file is None:
                     return self._send(404, b"not found\n", {"Content-Type": "text/plain"}, head)
                 data = file.read_bytes()
@@ -235,14 +239,14 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     return (start, end) if start < end or (start == 0 and size == 0) else None
 
 
-def _gdrive_page(action: str) -> bytes:
+def _gdrive_page(action: str, file_id: str) -> bytes:
     """The shape of Google Drive's 'can't scan this file for viruses' page: a form with hidden inputs."""
     return (
         "<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>"
         "<p class=\"uc-warning-subcaption\">Google Drive can't scan this file for viruses.</p>"
         f'<form id="download-form" action="{action}" method="get">'
         '<input type="submit" id="uc-download-link" value="Download anyway">'
-        '<input type="hidden" name="id" value="FILEID"><input type="hidden" name="export" value="download">'
+        f'<input type="hidden" name="id" value="{file_id}"><input type="hidden" name="export" value="download">'
         '<input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="0f0e">'
         "</form></body></html>"
     ).encode()

@@ -1,0 +1,3 @@
+from mmcorpus.cli import main
+
+main()

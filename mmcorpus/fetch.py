@@ -1,0 +1,260 @@
+"""`mmcorpus fetch`: what to fetch for each name, in which order, and the report of what happened.
+
+A dataset is fetched as: its annotation files (single-file downloader), then its images: the URL column
+(URL-list engine) or the image collections its JSON image paths point into ("fetch by need"). A collection
+is its archives, downloaded and extracted. Every step is idempotent, so a cron re-run only does what is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmcorpus.downloaders.http import DownloadOptions, download_file
+from mmcorpus.errors import MMCorpusError, UsageError
+from mmcorpus.progress import human_bytes
+from mmcorpus.registry import FileSpec, Registry, Spec
+
+log = logging.getLogger("mmcorpus.fetch")
+
+
+@dataclass
+class ImageOptions:
+    """Options of the URL-list engine, passed through from the command line."""
+
+    workers: int | None = None
+    threads: int | None = None
+    limit: int | None = None
+    resize: int | None = None
+    timeout: float | None = None
+    retry_failed: bool = False
+    shard: tuple[int, int] | None = None
+    allow_private_hosts: bool = False
+    respect_opt_out: bool = True
+    engine: str = "native"
+
+
+@dataclass
+class FetchOptions:
+    root: Path
+    download: DownloadOptions = field(default_factory=DownloadOptions)
+    images: ImageOptions = field(default_factory=ImageOptions)
+    no_images: bool = False
+    all_files: bool = False  # also the optional files (metadata, components, labels)
+    dry_run: bool = False
+    delete_archives: bool = False
+    manual_source: Path | None = None
+    wait_for_lock: bool = False
+
+
+@dataclass
+class Target:
+    """One name on the command line: a spec and, optionally, the subsets/archives asked for."""
+
+    spec: Spec
+    keys: tuple[str, ...] = ()  # empty: every non-optional file
+
+    def files(self, all_files: bool) -> list[FileSpec]:
+        if self.keys:
+            return [f for f in self.spec.downloads if f.key in self.keys]
+        return [f for f in self.spec.downloads if all_files or not f.optional]
+
+
+def parse_targets(registry: Registry, names: list[str]) -> list[Target]:
+    """`cc3m`, `cc3m:validation`, `llava_instruct:mix665k,instruct150k` -> Targets (unknown names exit 2)."""
+    if not names:
+        raise UsageError("name at least one dataset or collection (see 'mmcorpus list')")
+    targets = []
+    for text in names:
+        name, _, keys_text = text.partition(":")
+        spec = registry.get(name)
+        keys = tuple(k for k in keys_text.split(",") if k)
+        known = [f.key for f in spec.downloads]
+        for key in keys:
+            if key not in known:
+                raise UsageError(f"'{name}' has no file '{key}' (it has: {', '.join(known)})")
+        targets.append(Target(spec, keys))
+    return targets
+
+
+# ------------------------------------------------------------------------------------------ orchestration
+
+
+def fetch(registry: Registry, names: list[str], options: FetchOptions) -> dict[str, Any]:
+    """Fetch every target; returns the report ({"targets": [...], "ok": bool}). Never raises for a
+    download failure: it is recorded in the report, and the CLI turns it into exit code 1."""
+    targets = parse_targets(registry, names)
+    if options.dry_run:
+        return {"dry_run": True, "targets": [plan(t, options) for t in targets], "ok": True}
+    done: set[str] = set()
+    reports = []
+    for target in targets:
+        reports += _fetch_target(registry, target, options, done)
+    return {"targets": reports, "ok": all(r["ok"] for r in reports)}
+
+
+def _fetch_target(registry: Registry, target: Target, options: FetchOptions, done: set[str]) -> list[dict]:
+    """A dataset and then the collections it needs; each spec at most once per run."""
+    if target.spec.name in done:
+        return []
+    done.add(target.spec.name)
+    if target.spec.kind == "collection":
+        return [_run_step(target.spec, options, lambda: _fetch_collection(target, options))]
+    report = _run_step(target.spec, options, lambda: _fetch_dataset(target, options))
+    reports = [report]
+    if report["ok"] and not options.no_images and target.spec.collections:
+        for name in _collections_needed(registry, target, report, options):
+            reports += _fetch_target(registry, Target(registry.get(name)), options, done)
+    return reports
+
+
+def _run_step(spec: Spec, options: FetchOptions, step) -> dict:
+    """Run one spec's fetch under its lock; expected failures become a failed report, not an exception."""
+    started = time.time()
+    report: dict[str, Any] = {"name": spec.name, "kind": spec.kind, "ok": True}
+    try:
+        with _lock(options, spec.name):
+            report.update(step())
+    except MMCorpusError as exc:
+        if getattr(exc, "exit_code", 1) != 1:
+            raise  # usage errors and lock conflicts end the run with their own exit code
+        report.update(ok=False, error=str(exc))
+        log.error("%s", exc)
+    report["seconds"] = round(time.time() - started, 3)
+    report["ok"] = report["ok"] and not report.get("failed_files")
+    _record(options.root, spec.name, report)
+    return report
+
+
+def _fetch_dataset(target: Target, options: FetchOptions) -> dict:
+    spec = target.spec
+    files = _download_all(spec, target.files(options.all_files), options)
+    report: dict[str, Any] = {"files": files, "failed_files": [f["key"] for f in files if f["status"] == "failed"]}
+    if spec.images_from == "url" and not options.no_images:
+        report["images"] = [
+            _fetch_url_images(spec, f, options) for f in files
+            if f["status"] != "failed" and spec.files[f["key"]].role == "annotations"
+        ]
+    return report
+
+
+def _download_all(spec: Spec, files: list[FileSpec], options: FetchOptions) -> list[dict]:
+    dest = options.root / "downloads" / spec.name
+    results = []
+    for file in files:
+        label = f"{spec.name}/{file.filename}"
+        if file.url is None:
+            results.append({"key": file.key, "status": "manual", "note": file.manual})
+            log.warning("%s: manual download: %s", label, file.manual)
+            continue
+        try:
+            result = download_file(file, dest, options.download, label=label)
+        except MMCorpusError as exc:
+            if getattr(exc, "exit_code", 1) != 1:
+                raise
+            log.error("%s", exc)
+            results.append({"key": file.key, "status": "failed", "error": str(exc)})
+            continue
+        log.info("%s: %s (%s)", label, result.status, human_bytes(result.bytes))
+        results.append({"key": file.key, "status": result.status, "path": str(result.path),
+                        "bytes": result.bytes, "sha256": result.digests.get("sha256")})
+    return results
+
+
+def _fetch_collection(target: Target, options: FetchOptions) -> dict:
+    from mmcorpus.collections import fetch_collection
+
+    def download(file: FileSpec, dest: Path) -> Path:
+        return download_file(file, dest, options.download, label=f"{target.spec.name}/{file.filename}").path
+
+    summary = fetch_collection(target.spec, options.root, download, delete_archives=options.delete_archives,
+                               manual_source=options.manual_source, only=target.keys or None)
+    if options.all_files and not target.keys:
+        optional = [a.key for a in target.spec.archives if a.optional and a.url]
+        if optional:
+            more = fetch_collection(target.spec, options.root, download, delete_archives=options.delete_archives,
+                                    only=optional)
+            summary["archives"] += more["archives"]
+    return summary
+
+
+def _fetch_url_images(spec: Spec, file_report: dict, options: FetchOptions) -> dict:
+    from mmcorpus.downloaders import urllist
+
+    file = spec.files[file_report["key"]]
+    summary = urllist.fetch_url_list(spec, file.key, Path(file_report["path"]), options.root,
+                                     urllist_options(options))
+    return {"subset": file.key, **summary.to_dict()}
+
+
+def urllist_options(options: FetchOptions):
+    """The URL-list engine's options from ours (mirror rules also decide which private hosts are allowed)."""
+    from mmcorpus.downloaders import urllist
+
+    image = options.images
+    given = {k: v for k, v in vars(image).items() if v is not None and k != "engine"}
+    rewrite = options.download.rewrite
+    return urllist.UrlListOptions(rewrite=rewrite, mirror_hosts=frozenset(rewrite.mirror_hosts()), **given)
+
+
+def _collections_needed(registry: Registry, target: Target, report: dict, options: FetchOptions) -> list[str]:
+    """The dataset's collections that its downloaded JSON files actually reference (all of them when the
+    files cannot be scanned)."""
+    from mmcorpus.normalize import image_paths
+
+    spec = target.spec
+    paths_by_file = [
+        image_paths(spec, spec.files[f["key"]], Path(f["path"]))
+        for f in report["files"]
+        if f.get("path") and spec.files[f["key"]].role == "annotations"
+    ]
+    if not paths_by_file:
+        return list(spec.collections)
+    from mmcorpus.collections import collections_needed
+
+    candidates = [registry.get(name) for name in spec.collections]
+    needed: dict[str, int] = {}
+    for paths in paths_by_file:
+        for name, count in collections_needed(paths, candidates)["needed"].items():
+            needed[name] = needed.get(name, 0) + count
+    report["collections_needed"] = needed
+    return [name for name in spec.collections if name in needed]
+
+
+# ----------------------------------------------------------------------------------------- plan, locks
+
+
+def plan(target: Target, options: FetchOptions) -> dict:
+    """What a fetch would download (for --dry-run)."""
+    files = target.files(options.all_files)
+    return {
+        "name": target.spec.name,
+        "kind": target.spec.kind,
+        "files": [{"key": f.key, "filename": f.filename, "url": f.url and options.download.rewrite(f.url),
+                   "size": f.size, "manual": f.manual} for f in files],
+        "bytes": sum(f.size or 0 for f in files),
+        "images": "url column" if target.spec.images_from == "url" else list(target.spec.collections),
+    }
+
+
+def _lock(options: FetchOptions, name: str):
+    try:  # TODO(integration): mmcorpus.locks lands with issue 5
+        from mmcorpus.locks import hold_lock
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    return hold_lock(options.root, name, wait=options.wait_for_lock)
+
+
+def _record(root: Path, name: str, report: dict) -> None:
+    try:  # TODO(integration): mmcorpus.status lands with issue 5
+        from mmcorpus.status import record_run
+    except ImportError:
+        return
+
+    record_run(root, name, report)
