@@ -1,0 +1,136 @@
+"""Check that downloaded bytes are an image worth keeping, and optionally shrink it.
+
+- Formats: JPEG, PNG, WebP, GIF, BMP only (anything else is `not_image`: HTML error pages served with 200,
+  SVG, TIFF, PDF...). The format is sniffed from the magic bytes, never from Content-Type or the URL.
+- Stored bytes must decode: a truncated JPEG (a cut download) is `corrupt`. Pillow is left with
+  LOAD_TRUNCATED_IMAGES off so that the missing tail is an error, not a grey band.
+- Decompression bombs: width x height is read from the header and refused above `max_pixels` before any
+  pixel is decoded (`too_large`), so a 100 KB PNG claiming 50,000 x 50,000 pixels costs nothing.
+- Resize mode (documented contract, `--resize SIZE`): the SHORTER side becomes SIZE, aspect ratio kept,
+  never upscaled (smaller images keep their size), stored as JPEG (quality 95, RGB; transparency flattened
+  on white). JPEGs are decoded in draft mode (libjpeg DCT scaling), which skips most of the decoding work.
+- Without resize the original bytes are stored unchanged; JPEGs are still decoded (draft mode, 1/8 scale:
+  every entropy-coded byte is read, so truncation is caught, at a fraction of a full decode's cost).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image
+
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
+DEFAULT_MAX_PIXELS = 50_000_000  # ~8000 x 6000; a decode of that size already needs ~150 MB
+JPEG_QUALITY = 95
+
+
+class ImageRejected(Exception):
+    """The bytes are not a usable image; `error` is a word of schema.ERRORS."""
+
+    def __init__(self, error: str, detail: str = ""):
+        super().__init__(f"{error}: {detail}" if detail else error)
+        self.error = error
+
+
+@dataclass(frozen=True)
+class Prepared:
+    data: bytes  # what is stored
+    ext: str  # file extension of the stored bytes
+    width: int  # of the stored image
+    height: int
+
+
+def sniff(data: bytes) -> str | None:
+    """The Pillow format name from the magic bytes, or None for anything we do not accept."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:2] == b"BM":
+        return "BMP"
+    return None
+
+
+def prepare(data: bytes, resize: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Prepared:
+    """Validate `data` and return what to store, or raise ImageRejected."""
+    fmt = sniff(data)
+    if fmt is None:
+        raise ImageRejected("not_image", "not JPEG/PNG/WebP/GIF/BMP")
+    image = _open(data, fmt, max_pixels)
+    try:
+        if resize is None:
+            width, height = image.size  # before draft(), which shrinks image.size
+            _decode_check(image, fmt)
+            return Prepared(data, EXTENSIONS[fmt], width, height)
+        return _resized(image, fmt, resize)
+    except ImageRejected:
+        raise
+    except MemoryError:
+        raise ImageRejected("too_large", "out of memory while decoding") from None
+    except Exception as exc:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error... on bad data
+        raise ImageRejected("corrupt", f"{type(exc).__name__}: {exc}") from None
+
+
+def _open(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
+    """Parse the header only; refuse bombs before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit below
+            image = Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected("too_large", str(exc)) from None
+    except Exception as exc:  # the magic bytes said image, the header disagrees
+        raise ImageRejected("corrupt", f"{type(exc).__name__}: {exc}") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageRejected("corrupt", f"size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageRejected("too_large", f"{width}x{height} pixels > {max_pixels} (decompression bomb guard)")
+    return image
+
+
+def _decode_check(image: Image.Image, fmt: str) -> None:
+    """Decode the (first frame of the) image; raises on truncated or broken data."""
+    if fmt == "JPEG":
+        image.draft(None, (max(1, image.width // 8), max(1, image.height // 8)))
+    image.load()
+
+
+def target_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """Shorter side -> size, aspect kept, never upscaled."""
+    shorter = min(width, height)
+    if shorter <= size:
+        return width, height
+    scale = size / shorter
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _resized(image: Image.Image, fmt: str, size: int) -> Prepared:
+    width, height = target_size(image.width, image.height, size)
+    if fmt == "JPEG":
+        image.draft("RGB", (width, height))  # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, never below target
+    image.load()
+    image = _to_rgb(image)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=JPEG_QUALITY)
+    return Prepared(out.getvalue(), "jpg", width, height)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for the JPEG encoder; transparent pixels become white, not black."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
