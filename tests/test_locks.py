@@ -1,0 +1,198 @@
+"""Locks: real processes contend, stale locks (dead pid, reused pid, old lock of another host) are broken
+exactly once, a fresh lock of another host is respected, release never removes someone else's lock."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mmcorpus import locks
+from mmcorpus.errors import EXIT_LOCKED, LockedError
+from mmcorpus.locks import hold_lock, hold_locks, lock_path, read_holder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_lock(root: Path, name: str, *, age: float = 0.0, **fields) -> Path:
+    path = lock_path(root, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time() - age, "command": "test",
+              "token": "theirs", **fields}
+    path.write_text(json.dumps(holder))
+    os.utime(path, (time.time() - age, time.time() - age))
+    return path
+
+
+def dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def start_holder(root: Path, name: str) -> subprocess.Popen:
+    """A real process that takes the lock, says so, and holds it until its stdin is closed."""
+    code = textwrap.dedent(f"""
+        import sys
+        from mmcorpus.locks import hold_lock
+        with hold_lock({str(root)!r}, {name!r}, command="fetch {name}"):
+            print("held", flush=True)
+            sys.stdin.read()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_process_gets_exit_75_naming_the_holder_then_takes_over_after_kill(root):
+    proc = start_holder(root, "cc3m")
+    try:
+        with pytest.raises(LockedError) as info:
+            with hold_lock(root, "cc3m"):
+                pass
+        message = str(info.value)
+        assert info.value.exit_code == EXIT_LOCKED
+        assert f"pid {proc.pid}" in message and socket.gethostname() in message and "fetch cc3m" in message
+        assert "\n" not in message
+    finally:
+        proc.kill()
+        proc.wait()
+    with hold_lock(root, "cc3m") as me:  # the killed holder's lock is stale: its pid is gone
+        assert read_holder(root, "cc3m").token == me.token
+    assert not lock_path(root, "cc3m").exists()
+
+
+def test_wait_polls_until_the_holder_releases(root):
+    proc = start_holder(root, "gqa")
+    acquired = []
+    waiter = threading.Thread(target=lambda: acquired.append(_take(root, "gqa", wait=True, poll=0.02)))
+    waiter.start()
+    assert acquired == []  # still waiting: the holder is alive
+    proc.stdin.close()  # the holder leaves its `with` block
+    assert proc.wait() == 0
+    waiter.join(timeout=30)
+    assert acquired == [True]
+
+
+def _take(root, name, **options) -> bool:
+    with hold_lock(root, name, **options):
+        return True
+
+
+def test_wait_with_timeout_gives_up(root):
+    write_lock(root, "vg", host="other-host")
+    with pytest.raises(LockedError, match="other-host"):
+        _take(root, "vg", wait=True, poll=0.01, timeout=0.05)
+
+
+def _count_under_lock(root: str, counter: str, rounds: int) -> None:
+    for _ in range(rounds):
+        with hold_lock(root, "counter", wait=True, poll=0.001):
+            value = int(Path(counter).read_text())  # read-modify-write: loses updates without mutual exclusion
+            Path(counter).write_text(str(value + 1))
+
+
+def test_mutual_exclusion_between_processes(root):
+    counter = root / "counter.txt"
+    counter.write_text("0")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_count_under_lock, args=(str(root), str(counter), 30)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert counter.read_text() == "90"
+    assert list((root / ".locks").iterdir()) == []
+
+
+def _break_race(root: str, barrier, results, release) -> None:
+    barrier.wait()
+    try:
+        with hold_lock(root, "coco"):
+            results.put("won")
+            release.wait(30)
+    except LockedError:
+        results.put("busy")
+
+
+def test_two_breakers_of_one_stale_lock_cannot_both_win(root):
+    write_lock(root, "coco", pid=dead_pid())
+    ctx = multiprocessing.get_context("fork")
+    barrier, results, release = ctx.Barrier(4), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_break_race, args=(str(root), barrier, results, release)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    outcomes = sorted(results.get(timeout=30) for _ in procs)
+    release.set()
+    for p in procs:
+        p.join(timeout=30)
+    assert outcomes == ["busy", "busy", "busy", "won"]
+    assert [p.name for p in (root / ".locks").iterdir()] == []  # no renamed stale files left behind
+
+
+def test_stale_pid_on_this_host_is_broken(root):
+    write_lock(root, "cc12m", pid=dead_pid())
+    assert _take(root, "cc12m")
+
+
+def test_reused_pid_is_not_the_holder(root):
+    # Our own pid is alive, but the lock was taken by an earlier process that had this pid.
+    write_lock(root, "cc12m", pid=os.getpid(), pid_start=1)
+    assert _take(root, "cc12m")
+
+
+def test_lock_of_another_host_is_respected_within_max_age(root):
+    write_lock(root, "sam", host="gpu-node-7", pid=1234, age=3600)
+    with pytest.raises(LockedError, match=r"host gpu-node-7, pid 1234, since"):
+        _take(root, "sam", max_age=7200)
+
+
+def test_lock_of_another_host_older_than_max_age_is_broken(root):
+    write_lock(root, "sam", host="gpu-node-7", pid=1234, age=3 * 3600)
+    assert _take(root, "sam", max_age=7200)
+
+
+def test_unreadable_lock_is_busy_while_young_and_broken_when_old(root):
+    path = lock_path(root, "textvqa")
+    path.parent.mkdir(parents=True)
+    path.write_text("")  # a holder between O_EXCL and write()
+    with pytest.raises(LockedError, match="being written or unreadable"):
+        _take(root, "textvqa")
+    old = time.time() - locks.UNREADABLE_GRACE - 10
+    os.utime(path, (old, old))
+    assert _take(root, "textvqa")
+
+
+def test_release_keeps_a_lock_that_is_no_longer_ours(root):
+    with hold_lock(root, "gqa"):
+        write_lock(root, "gqa", host="other-host")  # another host broke ours and took it
+    assert read_holder(root, "gqa").host == "other-host"
+
+
+def test_refresh_touches_only_our_lock(root):
+    path = write_lock(root, "gqa", age=1000)
+    assert not locks.refresh(path, "not-ours") and time.time() - path.stat().st_mtime > 900
+    assert locks.refresh(path, "theirs") and time.time() - path.stat().st_mtime < 900
+
+
+def test_hold_locks_takes_all_or_none(root):
+    write_lock(root, "vg", host="other-host")
+    with pytest.raises(LockedError):
+        with hold_locks(root, ["llava_instruct", "coco_train2017", "vg"]):
+            pass
+    assert sorted(p.name for p in (root / ".locks").iterdir()) == ["vg.lock"]  # the others were released
+
+
+def test_lock_names_cannot_escape_the_lock_folder(root):
+    with pytest.raises(Exception, match="invalid lock name"):
+        lock_path(root, "../etc")
