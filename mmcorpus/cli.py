@@ -297,7 +297,7 @@ def _success_ratio_ok(report: dict, min_success: float | None) -> bool:
     for target in report.get("targets", []):
         for images in target.get("images", []):
             ok += images.get("ok", 0)
-            failed += images.get("failed", 0)
+            failed += sum((images.get("failed") or {}).values())
     ratio = ok / (ok + failed) if ok + failed else 1.0
     report["success_ratio"] = round(ratio, 4)
     if ratio < min_success:
@@ -328,20 +328,35 @@ def format_fetch_report(report: dict) -> str:
         for images in t.get("images", []):
             lines.append("  images " + _images_line(images))
         for archive in t.get("archives", []):
-            counts = ", ".join(f"{k} {v}" for k, v in archive.items() if k in ("files", "skipped", "bytes"))
-            lines.append(f"  archive {archive.get('name')}: {archive.get('status')} {counts}".rstrip())
+            lines.append("  " + _archive_line(archive))
         if t.get("manual"):
             lines.append(f"  manual: {' '.join(t['manual'].split())}")
     lines.append(f"root: {report.get('root')}")
     return "\n".join(lines)
 
 
+def _archive_line(archive: dict) -> str:
+    status = archive.get("status")
+    if status == "missing":
+        return f"archive {archive.get('name')}: missing ({archive.get('reason', '')})"
+    files = archive.get("extracted", 0) + archive.get("already_present", 0)
+    return f"archive {archive.get('name')}: {status}, {files} files, {human_bytes(archive.get('bytes'))}"
+
+
 def _images_line(images: dict) -> str:
-    reasons = images.get("failed_by_reason") or {}
-    why = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
-    rate = images.get("images_per_s")
-    return (f"{images.get('subset')}: {images.get('ok', 0)} ok, {images.get('failed', 0)} failed"
-            + (f" ({why})" if why else "") + (f", {rate:.0f} images/s" if rate else ""))
+    """`train: 36/45 ok (80.0%); failed: not_found 5, corrupt 1; 120 images/s`"""
+    reasons = images.get("failed") or {}
+    failed = sum(reasons.values())
+    why = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+    rows = images.get("rows", images.get("ok", 0) + failed)
+    text = f"{images.get('subset')}: {images.get('ok', 0)}/{rows} ok ({100 * images.get('success_rate', 0):.1f}%)"
+    if why:
+        text += f"; failed: {why}"
+    if images.get("fetched"):
+        text += f"; {images.get('images_per_s', 0):.0f} images/s"
+    if images.get("malformed"):
+        text += "; malformed lines: " + ", ".join(f"{k} {v}" for k, v in images["malformed"].items())
+    return text
 
 
 # ----------------------------------------------------------------------------------------------------- demo

@@ -97,10 +97,11 @@ def fetch(registry: Registry, names: list[str], options: FetchOptions) -> dict[s
 
 
 def _fetch_target(registry: Registry, target: Target, options: FetchOptions, done: set[str]) -> list[dict]:
-    """A dataset and then the collections it needs; each spec at most once per run."""
-    if target.spec.name in done:
+    """A dataset and then the collections it needs; each spec (with its chosen files) at most once per run."""
+    key = f"{target.spec.name}:{','.join(target.keys)}"
+    if key in done:
         return []
-    done.add(target.spec.name)
+    done.add(key)
     if target.spec.kind == "collection":
         return [_run_step(target.spec, options, lambda: _fetch_collection(target, options))]
     report = _run_step(target.spec, options, lambda: _fetch_dataset(target, options))
@@ -172,6 +173,8 @@ def _fetch_collection(target: Target, options: FetchOptions) -> dict:
 
     summary = fetch_collection(target.spec, options.root, download, delete_archives=options.delete_archives,
                                manual_source=options.manual_source, only=target.keys or None)
+    if not summary["archives"] and target.spec.manual:
+        summary["manual"] = target.spec.manual  # nothing headless to fetch: say how to get it
     if options.all_files and not target.keys:
         optional = [a.key for a in target.spec.archives if a.optional and a.url]
         if optional:
@@ -203,11 +206,9 @@ def urllist_options(options: FetchOptions):
 def _collections_needed(registry: Registry, target: Target, report: dict, options: FetchOptions) -> list[str]:
     """The dataset's collections that its downloaded JSON files actually reference (all of them when the
     files cannot be scanned)."""
-    from mmcorpus.normalize import image_paths
-
     spec = target.spec
     paths_by_file = [
-        image_paths(spec, spec.files[f["key"]], Path(f["path"]))
+        json_image_paths(spec.files[f["key"]], Path(f["path"]))
         for f in report["files"]
         if f.get("path") and spec.files[f["key"]].role == "annotations"
     ]
@@ -222,6 +223,16 @@ def _collections_needed(registry: Registry, target: Target, report: dict, option
             needed[name] = needed.get(name, 0) + count
     report["collections_needed"] = needed
     return [name for name in spec.collections if name in needed]
+
+
+def json_image_paths(file: FileSpec, path: Path):
+    """The image paths of a LLaVA-format JSON file, relative to <root>/images (streamed)."""
+    from mmcorpus.normalizers.jsonarray import iter_json_array
+
+    for record in iter_json_array(path):
+        image = record.get("image") if isinstance(record, dict) else None
+        if isinstance(image, str):
+            yield f"{file.image_prefix}/{image}" if file.image_prefix else image
 
 
 # ----------------------------------------------------------------------------------------- plan, locks

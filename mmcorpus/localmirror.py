@@ -43,6 +43,7 @@ class Route:
     delay: float = 0.0  # sleep before answering (timeouts)
     html: bool = False  # answer 200 text/html with a small page (an expired link, a viewer page)
     gdrive_confirm: bool = False  # Google Drive: a virus-scan page until the request carries confirm=
+    confirm_action: str | None = None  # where that page's form points (default: the same path here)
     times: int | None = None  # how many requests this route answers; None: all of them
 
     @classmethod
@@ -165,7 +166,7 @@ def _make_handler(mirror: LocalMirror):
                 location = route.redirect if "://" in route.redirect else mirror.url + route.redirect
                 return self._send(302, b"", {"Location": location}, head)
             if route.gdrive_confirm and "confirm" not in parse_qs(split.query):
-                page = _gdrive_page(mirror.url + path, file_id)
+                page = _gdrive_page(route.confirm_action or mirror.url + path, file_id)
                 return self._send(200, page, {"Content-Type": "text/html"}, head)
             if route.html:
                 page = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Not the file</body></html>"
