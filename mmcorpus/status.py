@@ -18,6 +18,7 @@ import os
 import socket
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,7 +32,8 @@ from mmcorpus.progress import human_bytes
 from mmcorpus.registry import Registry, Spec
 
 RUNS_DIR = "runs"
-SHARD_DONE_SUFFIX = ".done"  # urllist_shards: <shard:05d>.done beside <shard:05d>.parquet, written last
+SHARD_DONE_SUFFIX = ".done"
+READ_THREADS = 4  # urllist_shards: <shard:05d>.done beside <shard:05d>.parquet, written last
 
 
 # ------------------------------------------------------------------------------------------ run records
@@ -145,10 +147,13 @@ def url_images(dataset_dir: Path) -> dict:
               "unreadable_shards": [], "subsets": {}}
     for subset_dir in sorted(p for p in dataset_dir.glob("*") if p.is_dir()):
         sub = {"ok": 0, "failed": 0, "shards": 0, "shards_done": 0}
-        for parquet in sorted(subset_dir.glob("*.parquet")):
+        parquets = sorted(subset_dir.glob("*.parquet"))
+        # Threads overlap the per-file latency of a network file system; pyarrow releases the GIL.
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            all_counts = pool.map(_shard_counts, parquets)
+        for parquet, counts in zip(parquets, all_counts):
             sub["shards"] += 1
             sub["shards_done"] += parquet.with_suffix(SHARD_DONE_SUFFIX).exists()
-            counts = _shard_counts(parquet)
             if counts is None:
                 totals["unreadable_shards"].append(str(parquet))
                 continue
@@ -167,7 +172,8 @@ def url_images(dataset_dir: Path) -> dict:
 def _shard_counts(parquet: Path) -> dict | None:
     """ok/failed/reasons/bytes of one shard, reading three columns; None for a damaged or foreign file."""
     try:
-        table = pq.read_table(parquet, columns=["status", "error", "bytes"])
+        table = pq.read_table(parquet, columns=["status", "error", "bytes"], read_dictionary=["status", "error"],
+                              use_threads=False)
     except (OSError, pa.ArrowException):
         return None
     groups = table.group_by(["status", "error"]).aggregate([("bytes", "sum"), ("status", "count")])
