@@ -117,13 +117,16 @@ def _emit(data: Any, as_json: bool, text: str) -> None:
         typer.echo(text)
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def main_options(ctx: typer.Context, root: RootOpt = None, config_dir: ConfigDirOpt = None, quiet: QuietOpt = False,
                  verbose: VerboseOpt = 0, log_file: LogFileOpt = None,
                  version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False):
     if version:
         typer.echo(f"mmcorpus {__version__}")
         raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(EXIT_USAGE)
     ctx.obj = Context(root, list(config_dir or []), quiet, verbose, log_file)
 
 

@@ -1,0 +1,154 @@
+"""The command line as users run it: real processes, real exit codes, one-line errors, a real local server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmcorpus.localmirror import Route
+
+ENV = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
+ENV.pop("MMCORPUS_CONFIG_DIR", None)
+
+
+def mmcorpus(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmcorpus", *args], capture_output=True, text=True,
+                          env={**ENV, **(env or {})}, timeout=120)
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def write_spec(folder: Path, name: str, url: str, data: bytes, **extra) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"name: {name}", "kind: dataset", "files:", "  main:", f"    url: {url}", "    filename: data.json",
+             f"    size: {len(data)}", f"    sha256: {hashlib.sha256(data).hexdigest()}", "format: {type: llava}"]
+    lines += [f"{k}: {v}" for k, v in extra.items()]
+    path = folder / f"{name}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_list_shows_every_dataset_and_collection_as_text_and_json():
+    text = mmcorpus("list")
+    assert text.returncode == 0
+    rows = json.loads(mmcorpus("list", "--json").stdout)
+    names = {r["name"] for r in rows}
+    expected = {"cc3m", "cc12m", "llava_instruct", "llava_pretrain", "llava_cc3m_595k", "sharegpt4v",
+                "coco_train2017", "gqa", "ocr_vqa", "textvqa", "vg", "llava_pretrain_images",
+                "llava_cc3m_595k_images", "sam", "wikiart", "web_celebrity", "web_landmark", "share_textvqa"}
+    assert expected <= names
+    for name in expected:
+        assert name in text.stdout
+
+
+def test_info_json_has_spec_and_disk_state(tmp_path):
+    result = mmcorpus("--root", str(tmp_path), "info", "cc3m", "--json")
+    info = json.loads(result.stdout)
+    assert info["files"]["train"]["sha256"].startswith("eab84e5e")
+    assert info["on_disk"]["train"]["present"] is False
+
+
+def test_unknown_name_exits_2_with_a_suggestion():
+    result = mmcorpus("info", "cc3n")
+    assert result.returncode == 2
+    assert "unknown dataset or collection 'cc3n'" in one_line_error(result)
+    assert "cc3m" in result.stderr
+    assert mmcorpus("fetch", "no_such_thing", "--dry-run").returncode == 2
+
+
+def test_spec_with_unknown_key_exits_2_naming_file_and_key(tmp_path):
+    write_spec(tmp_path / "specs", "mine", "https://example.org/a.json", b"[]", colections="[coco]")
+    result = mmcorpus("--config-dir", str(tmp_path / "specs"), "list")
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "mine.yaml" in line and "'colections'" in line
+
+
+def test_broken_yaml_exits_2_naming_the_line(tmp_path):
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    (folder / "bad.yaml").write_text("name: bad\nkind: dataset\nfiles: [unclosed\n")
+    result = mmcorpus("list", env={"MMCORPUS_CONFIG_DIR": str(folder)})
+    assert result.returncode == 2
+    assert "bad.yaml" in one_line_error(result) and "line" in result.stderr
+
+
+def test_bad_option_values_exit_2(tmp_path):
+    assert mmcorpus("fetch", "cc3m", "--shard", "3/2", "--dry-run").returncode == 2
+    assert mmcorpus("fetch", "cc3m", "--resize", "huge", "--dry-run").returncode == 2
+    assert mmcorpus("fetch", "cc3m", "--mirror", "nonsense", "--dry-run").returncode == 2
+    assert mmcorpus("fetch", "cc3m:nosuchfile", "--dry-run").returncode == 2
+
+
+def test_fetch_then_refetch_is_idempotent(mirror, tmp_path):
+    data = json.dumps([{"id": 1, "conversations": [{"from": "human", "value": "hi"},
+                                                   {"from": "gpt", "value": "hello"}]}]).encode()
+    url = mirror.put("files/data.json", data)
+    write_spec(tmp_path / "specs", "mine", url, data)
+    args = ["--root", str(tmp_path / "root"), "--config-dir", str(tmp_path / "specs")]
+    first = mmcorpus(*args, "fetch", "mine", "--json")
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert report["targets"][0]["files"][0]["status"] == "downloaded"
+    assert (tmp_path / "root" / "downloads" / "mine" / "data.json").read_bytes() == data
+    second = json.loads(mmcorpus(*args, "fetch", "mine", "--json").stdout)
+    assert second["targets"][0]["files"][0]["status"] == "present"
+    assert len(mirror.hits("files/data.json")) == 1
+
+
+def test_failed_download_exits_1_and_leaves_nothing(mirror, tmp_path):
+    data = b"[]"
+    mirror.put("files/data.json", b"[1]")  # the wrong bytes: checksum mismatch
+    write_spec(tmp_path / "specs", "mine", f"{mirror.url}/files/data.json", data)
+    result = mmcorpus("--root", str(tmp_path / "root"), "--config-dir", str(tmp_path / "specs"), "fetch", "mine")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "sha256 mismatch" in result.stderr or "size" in result.stderr
+    assert not (tmp_path / "root" / "downloads" / "mine" / "data.json").exists()
+
+
+def test_404_exits_1_with_the_reason(mirror, tmp_path):
+    mirror.add("gone.json", Route(status=404))
+    write_spec(tmp_path / "specs", "mine", f"{mirror.url}/gone.json", b"[]")
+    result = mmcorpus("--root", str(tmp_path / "root"), "--config-dir", str(tmp_path / "specs"), "fetch", "mine")
+    assert result.returncode == 1
+    assert "HTTP 404" in result.stdout + result.stderr
+
+
+def test_dry_run_shows_rewritten_urls_and_sizes(tmp_path):
+    result = mmcorpus("--root", str(tmp_path), "fetch", "cc3m", "--dry-run", "--json",
+                      "--mirror", "https://storage.googleapis.com/=http://mirror.internal/gcc/")
+    plan = json.loads(result.stdout)["targets"][0]
+    assert plan["files"][0]["url"] == "http://mirror.internal/gcc/gcc-data/Train/GCC-training.tsv"
+    assert plan["bytes"] == 564607502 + 2603670
+    assert not (tmp_path / "downloads").exists()
+
+
+def test_root_from_environment_and_after_the_command(tmp_path):
+    env_root = json.loads(mmcorpus("info", "cc3m", "--json", env={"MMCORPUS_ROOT": str(tmp_path / "a")}).stdout)
+    assert env_root["on_disk"]["train"]["path"].startswith(str(tmp_path / "a"))
+    late = json.loads(mmcorpus("info", "cc3m", "--json", "--root", str(tmp_path / "b")).stdout)
+    assert late["on_disk"]["train"]["path"].startswith(str(tmp_path / "b"))
+
+
+@pytest.mark.timeout(300)
+def test_demo_runs_offline_end_to_end(tmp_path):
+    result = mmcorpus("demo", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    root = tmp_path / "demo" / "root"
+    assert (root / "downloads" / "cc3m" / "Train_GCC-training.tsv").is_file()
+    assert (root / "images" / "coco" / "train2017" / "000000033471.jpg").is_file()
+    assert (root / "images" / "wikiart" / "images").is_dir()
+    assert "Demo finished" in result.stdout
+    for fault in ("not_found", "corrupt", "http_error", "not_image", "opted_out"):
+        assert fault in result.stdout
