@@ -103,8 +103,8 @@ def _fetch_target(registry: Registry, target: Target, options: FetchOptions, don
         return []
     done.add(key)
     if target.spec.kind == "collection":
-        return [_run_step(target.spec, options, lambda: _fetch_collection(target, options))]
-    report = _run_step(target.spec, options, lambda: _fetch_dataset(target, options))
+        return [_run_step(target, options, lambda: _fetch_collection(target, options))]
+    report = _run_step(target, options, lambda: _fetch_dataset(target, options))
     reports = [report]
     if report["ok"] and not options.no_images and target.spec.collections:
         for name in _collections_needed(registry, target, report, options):
@@ -112,12 +112,14 @@ def _fetch_target(registry: Registry, target: Target, options: FetchOptions, don
     return reports
 
 
-def _run_step(spec: Spec, options: FetchOptions, step) -> dict:
+def _run_step(target: Target, options: FetchOptions, step) -> dict:
     """Run one spec's fetch under its lock; expected failures become a failed report, not an exception."""
+    spec = target.spec
     started = time.time()
     report: dict[str, Any] = {"name": spec.name, "kind": spec.kind, "ok": True}
     try:
         with _lock(options, spec.name):
+            _check_disk(target, options)
             report.update(step())
     except MMCorpusError as exc:
         if getattr(exc, "exit_code", 1) != 1:
@@ -252,20 +254,22 @@ def plan(target: Target, options: FetchOptions) -> dict:
 
 
 def _lock(options: FetchOptions, name: str):
-    try:  # TODO(integration): mmcorpus.locks lands with issue 5
-        from mmcorpus.locks import hold_lock
-    except ImportError:
-        import contextlib
+    from mmcorpus.locks import hold_lock
 
-        return contextlib.nullcontext()
-
-    return hold_lock(options.root, name, wait=options.wait_for_lock)
+    return hold_lock(options.root, name, wait=options.wait_for_lock, command="mmcorpus fetch")
 
 
 def _record(root: Path, name: str, report: dict) -> None:
-    try:  # TODO(integration): mmcorpus.status lands with issue 5
-        from mmcorpus.status import record_run
-    except ImportError:
-        return
+    from mmcorpus.status import record_run
 
     record_run(root, name, report)
+
+
+def _check_disk(target: Target, options: FetchOptions) -> None:
+    """Refuse to start a download or extraction that cannot fit (sizes from the spec)."""
+    from mmcorpus.diskspace import MIN_MARGIN, ensure_free_space, expected_bytes
+
+    keys = {f.key for f in target.files(options.all_files)}
+    needed = expected_bytes(target.spec, options.root, only=keys)
+    # Small jobs need a proportionate margin, not a whole GiB (the demo on a nearly full disk).
+    ensure_free_space(options.root, needed, min_margin=min(MIN_MARGIN, needed), what=target.spec.name)
