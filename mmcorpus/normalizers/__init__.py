@@ -1,0 +1,82 @@
+"""Normalizers: one module per source format, each turning one input into rows of UNIFIED_SCHEMA.
+
+A normalizer is a function `normalize(job: Job) -> Iterator[dict]` in its own module; NORMALIZERS maps a spec's
+`format.type` to that module, so adding a format is one module and one line here. Rows are plain dicts with the
+UNIFIED_SCHEMA column names. Records that break the format are never dropped silently: the normalizer counts
+them in `job.rejects` by reason, with a few example record indices for the report.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from mmcorpus.errors import UsageError
+
+NORMALIZERS = {
+    "llava": "mmcorpus.normalizers.llava",  # LLaVA / ShareGPT4V JSON conversation arrays
+    "tsv": "mmcorpus.normalizers.urllist",  # CC3M / CC12M: rows come from the URL engine's status parquets
+}
+
+
+@dataclass
+class Rejects:
+    """Rejected records by reason, with up to `max_examples` record indices per reason."""
+
+    max_examples: int = 5
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, reason: str, index: int) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        examples = self.examples.setdefault(reason, [])
+        if len(examples) < self.max_examples:
+            examples.append(index)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict:
+        return {reason: {"count": n, "examples": self.examples[reason]} for reason, n in sorted(self.counts.items())}
+
+
+@dataclass
+class Job:
+    """What a normalizer needs: where the input is and how its rows are named.
+
+    `path` is the annotation file (JSON formats); URL-list datasets read `<root>/images/<dataset>/<subset>/`.
+    `captions`: fill `caption` from two-turn image records (see mmcorpus.normalizers.llava).
+    `start`/`end`/`first_index`: a byte range of `path` and the index of its first record, for normalizers
+    that can split a big file (those whose module has `split_points(path, parts)`).
+    """
+
+    dataset: str
+    subset: str
+    path: Path | None = None
+    root: Path | None = None
+    image_prefix: str = ""
+    captions: bool = False
+    start: int = 0
+    end: int | None = None
+    first_index: int = 0
+    rejects: Rejects = field(default_factory=Rejects)
+    stats: dict = field(default_factory=dict)  # extra counts a normalizer reports (e.g. failed URLs by error)
+
+
+Normalizer = Callable[[Job], Iterator[dict]]
+
+
+def normalizer_module(format_type: str):
+    """The module of a spec's format type (imported on first use): `normalize(job)`, maybe `split_points`."""
+    try:
+        module = NORMALIZERS[format_type]
+    except KeyError:
+        raise UsageError(f"no normalizer for format '{format_type}' (known: {', '.join(NORMALIZERS)})") from None
+    return importlib.import_module(module)
+
+
+def get_normalizer(format_type: str) -> Normalizer:
+    return normalizer_module(format_type).normalize

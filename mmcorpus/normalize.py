@@ -1,0 +1,274 @@
+"""Normalize a fetched dataset into <root>/normalized/<dataset>/<subset>-NNNNN.parquet plus a report.
+
+For each annotation file of the spec (role `annotations`; metadata files are not normalized) this runs the
+format's normalizer, checks every image path against <root>/images (resolve.py: missing images are counted,
+not fatal), and writes unified parquet shards. Output is staged in a hidden folder and moved over the old
+shards only when the whole subset is written; `_<subset>.report.json` is written last.
+
+Big JSON files are cut into byte ranges of whole records (the normalizer's `split_points`) and normalized by
+one process per CPU, because parsing 1 GB of JSON is CPU-bound. Record indices, and therefore sample_ids, are
+global: range 0 writes its shards directly; later ranges spill Arrow files in the staging folder, which are
+turned into parquet with shifted sample_ids once the record counts before them are known. If a range fails
+(a bad cut, or a broken file) the subset is redone in one process, which also gives the canonical error.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from mmcorpus.errors import BadInputError
+from mmcorpus.normalizers import Job, Rejects, normalizer_module
+from mmcorpus.resolve import ImageResolver
+from mmcorpus.writers import ROWS_PER_SHARD, ROW_GROUP_SIZE, ShardWriter, file_metadata
+
+MIN_SPLIT_BYTES = 64 << 20  # below this, one process is as fast as several
+MAX_WORKERS = 8
+
+
+def normalize_dataset(spec, root: Path, subsets: list[str] | None = None, *, workers: int | None = None,
+                      row_group_size: int = ROW_GROUP_SIZE, rows_per_shard: int = ROWS_PER_SHARD) -> dict:
+    """Normalize the fetched annotation files of `spec` (all, or the named subsets); return the report.
+
+    Report: {"dataset", "subsets": {subset: {"status": "ok" | "not_downloaded", "rows", "records",
+    "rejected", "rejects": {reason: {"count", "examples"}}, "images": {...}, "files", "seconds", ...}}}.
+    """
+    root = Path(root)
+    report = {"dataset": spec.name, "subsets": {}}
+    for key, file_spec in spec.files.items():
+        if file_spec.role != "annotations" or (subsets is not None and key not in subsets):
+            continue
+        report["subsets"][key] = normalize_subset(spec, file_spec, root, workers=workers,
+                                                  row_group_size=row_group_size, rows_per_shard=rows_per_shard)
+    return report
+
+
+def normalize_subset(spec, file_spec, root: Path, *, workers: int | None = None,
+                     row_group_size: int = ROW_GROUP_SIZE, rows_per_shard: int = ROWS_PER_SHARD) -> dict:
+    started = time.perf_counter()
+    module = normalizer_module(spec.format_type)
+    path = root / "downloads" / spec.name / file_spec.filename
+    if spec.format_type != "tsv" and not path.is_file():  # URL-list rows come from the images folder
+        return {"status": "not_downloaded", "input": str(path)}
+    plan = _Plan(spec, file_spec, root, path, row_group_size, rows_per_shard)
+    ranges = _ranges(module, path, workers)
+    staging = plan.out_dir / f".staging-{file_spec.key}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        parts = _run_parallel(plan, staging, ranges) if len(ranges) > 1 else None
+        if parts is None:
+            shutil.rmtree(staging, ignore_errors=True)
+            parts = [_run_part(plan, staging, 0, (0, None))]
+        files = _publish(plan, staging, parts)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report = _subset_report(plan, parts, files, time.perf_counter() - started)
+    # "_" prefix: pyarrow dataset readers skip it, so the folder still reads as one table
+    _write_json(plan.out_dir / f"_{file_spec.key}.report.json", report)
+    return report
+
+
+@dataclass
+class _Plan:
+    """What every part of one subset shares (picklable: sent to worker processes)."""
+
+    spec: object
+    file_spec: object
+    root: Path
+    path: Path
+    row_group_size: int
+    rows_per_shard: int
+    out_dir: Path = field(init=False)
+
+    def __post_init__(self):
+        self.out_dir = self.root / "normalized" / self.spec.name
+
+    @property
+    def subset(self) -> str:
+        return self.file_spec.key
+
+    def job(self, byte_range=(0, None)) -> Job:
+        start, end = byte_range
+        return Job(dataset=self.spec.name, subset=self.subset, path=self.path, root=self.root,
+                   image_prefix=self.file_spec.image_prefix, captions="pretrain" in self.spec.stages,
+                   start=start, end=end)
+
+    def writer(self, folder: Path, name: str, **options) -> ShardWriter:
+        meta = file_metadata(self.spec, self.subset, self.file_spec.urls)
+        options = {"row_group_size": self.row_group_size, "rows_per_shard": self.rows_per_shard, **options}
+        return ShardWriter(folder, name, meta, **options)
+
+
+# ------------------------------------------------------------------------------------------------ parts
+
+
+def _ranges(module, path: Path, workers: int | None) -> list[tuple[int, int | None]]:
+    workers = workers or min(os.cpu_count() or 1, MAX_WORKERS)
+    if workers < 2 or not hasattr(module, "split_points") or path.stat().st_size < MIN_SPLIT_BYTES:
+        return [(0, None)]
+    cuts = module.split_points(path, workers)
+    return list(zip(cuts, cuts[1:]))
+
+
+def _run_part(plan: _Plan, staging: Path, index: int, byte_range) -> dict:
+    """Normalize one byte range. Range 0 writes final shards; others spill one Arrow file (record indices
+    local to the range) for _finish_part."""
+    job = plan.job(byte_range)
+    resolver = ImageResolver(plan.root / "images")
+    if index == 0:
+        writer = plan.writer(staging, "part000")
+    else:
+        writer = plan.writer(staging, f"spill{index:03d}", fmt="arrow", rows_per_shard=1 << 62)
+    with writer:
+        for row in normalizer_module(plan.spec.format_type).normalize(job):
+            path = row["image_path"]
+            if path is not None:
+                row["image_path"] = resolver.resolve(path) or path  # missing: keep the JSON's path, count it
+            writer.write(row)
+    records = job.stats.get("records", job.rejects.total + writer.rows)
+    return {"index": index, "files": writer.files, "rows": writer.rows, "records": records,
+            "rejects": job.rejects, "stats": job.stats, "images": resolver.report()}
+
+
+def _part_worker(args) -> dict:
+    plan, staging, index, byte_range = args
+    try:
+        return _run_part(plan, staging, index, byte_range)
+    except BadInputError as exc:
+        return {"index": index, "error": str(exc)}
+
+
+def _run_parallel(plan: _Plan, staging: Path, ranges) -> list[dict] | None:
+    """All ranges in worker processes; None when any range failed (the caller redoes the file in one go)."""
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(len(ranges)) as pool:
+        parts = pool.map(_part_worker, [(plan, staging, i, r) for i, r in enumerate(ranges)])
+        if any("error" in p for p in parts):
+            return None
+        _shift_indices(parts)
+        finished = pool.map(_finish_worker, [(plan, staging, p) for p in parts[1:]])
+    return parts[:1] + finished
+
+
+def _shift_indices(parts: list[dict]) -> None:
+    """Give every part its first global record index and move its reject examples there."""
+    offset = 0
+    for part in parts:
+        part["first_index"] = offset
+        rejects: Rejects = part["rejects"]
+        rejects.examples = {r: [i + offset for i in ex] for r, ex in rejects.examples.items()}
+        offset += part["records"]
+
+
+def _finish_worker(args) -> dict:
+    plan, staging, part = args
+    return _finish_part(plan, staging, part)
+
+
+def _finish_part(plan: _Plan, staging: Path, part: dict) -> dict:
+    """Turn a spilled Arrow file into parquet shards whose sample_ids carry the global record index."""
+    base = f"{plan.spec.name}/{plan.subset}/"
+    writer = plan.writer(staging, f"part{part['index']:03d}")
+    with writer:
+        for spill in part["files"]:
+            with pa.OSFile(str(spill)) as source:
+                reader = pa.ipc.open_file(source)
+                for i in range(reader.num_record_batches):
+                    writer.write_batch(_shift_sample_ids(reader.get_batch(i), base, part["first_index"]))
+            spill.unlink()
+    return {**part, "files": writer.files}
+
+
+def _shift_sample_ids(batch: pa.RecordBatch, base: str, offset: int) -> pa.RecordBatch:
+    """`<base><local index>` -> `<base><local index + offset>`."""
+    cut = len(base)
+    ids = [base + str(int(s[cut:]) + offset) for s in batch.column(0).to_pylist()]
+    return batch.set_column(0, batch.schema.field(0), pa.array(ids, pa.string()))
+
+
+# --------------------------------------------------------------------------------------------- publish
+
+
+def _publish(plan: _Plan, staging: Path, parts: list[dict]) -> list[Path]:
+    """Number the staged shards in record order and move them over the old output of this subset."""
+    staged = [f for part in sorted(parts, key=lambda p: p["index"]) for f in part["files"]]
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    final = []
+    for number, path in enumerate(staged):
+        target = plan.out_dir / f"{plan.subset}-{number:05d}.parquet"
+        os.replace(path, target)  # a complete new shard replaces an old one atomically
+        final.append(target)
+    for old in plan.out_dir.glob(f"{plan.subset}-*.parquet"):
+        if old not in final and old.name[len(plan.subset) + 1 : -len(".parquet")].isdigit():
+            old.unlink()  # shards of a previous, longer output
+    return final
+
+
+def _subset_report(plan: _Plan, parts: list[dict], files: list[Path], seconds: float) -> dict:
+    rejects = Rejects()
+    for part in parts:
+        for reason, count in part["rejects"].counts.items():
+            rejects.counts[reason] = rejects.counts.get(reason, 0) + count
+            rejects.examples.setdefault(reason, [])
+            rejects.examples[reason] = (rejects.examples[reason] + part["rejects"].examples[reason])[:5]
+    report = {
+        "status": "ok",
+        "dataset": plan.spec.name,
+        "subset": plan.subset,
+        "input": str(plan.path),
+        "records": sum(p["records"] for p in parts),
+        "rows": sum(p["rows"] for p in parts),
+        "rejected": rejects.total,
+        "rejects": rejects.as_dict(),
+        "images": _merge_images([p["images"] for p in parts]),
+        "files": [f.name for f in files],
+        "parts": len(parts),
+        "seconds": round(seconds, 2),
+    }
+    stats = [p["stats"] for p in parts if p["stats"]]
+    if stats:
+        report["source"] = stats[0]
+    return report
+
+
+def _merge_images(reports: list[dict]) -> dict:
+    merged = {"found": 0, "missing": 0, "renamed": 0, "missing_by_folder": {}, "format_mismatch": {}}
+    for r in reports:
+        for key in ("found", "missing", "renamed"):
+            merged[key] += r[key]
+        for folder, entry in r["missing_by_folder"].items():
+            into = merged["missing_by_folder"].setdefault(folder, {"count": 0, "examples": []})
+            into["count"] += entry["count"]
+            into["examples"] = (into["examples"] + entry["examples"])[:5]
+        for kind, count in r["format_mismatch"].items():
+            merged["format_mismatch"][kind] = merged["format_mismatch"].get(kind, 0) + count
+    return merged
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.mmpart")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def dataset_image_paths(spec, root: Path, subsets: list[str] | None = None):
+    """The image paths a fetched dataset's annotation files reference (relative to <root>/images; None for
+    text-only records), for fetching collections by need (collections.collections_needed)."""
+    module = normalizer_module(spec.format_type)
+    for key, file_spec in spec.files.items():
+        if file_spec.role != "annotations" or (subsets is not None and key not in subsets):
+            continue
+        plan = _Plan(spec, file_spec, Path(root), Path(root) / "downloads" / spec.name / file_spec.filename,
+                     ROW_GROUP_SIZE, ROWS_PER_SHARD)
+        if spec.format_type == "tsv" or not plan.path.is_file():
+            continue
+        for row in module.normalize(plan.job()):
+            yield row["image_path"]

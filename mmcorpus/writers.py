@@ -1,0 +1,169 @@
+"""Parquet shard writer for unified rows: bounded memory, row groups sized for training readers, atomic files.
+
+Rows (dicts with the UNIFIED_SCHEMA names) are appended to per-column Python lists; every `row_group_size`
+rows the lists become Arrow arrays in one call per column and are written as one row group, so memory holds at
+most one row group of Python objects. A shard is closed after `rows_per_shard` rows. Each file is written
+under a temporary name in the same folder and renamed when complete, so a reader (or a killed run) never sees
+a half-written `<subset>-NNNNN.parquet`.
+
+`fmt="arrow"` writes Arrow IPC files instead (uncompressed, fast): the spill format of normalize.py.
+
+File-level key/value metadata: `mmcorpus_version` plus what the caller passes (dataset, license, source URLs,
+spec version; see `file_metadata`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import mmcorpus
+from mmcorpus.schema import TURN_TYPE, UNIFIED_SCHEMA
+
+ROW_GROUP_SIZE = 20_000  # training readers read a row group at a time; 10k-50k rows keeps that at ~10-60 MB
+ROWS_PER_SHARD = 500_000
+COMPRESSION = "zstd"
+PART_SUFFIX = ".mmpart"
+_FLAT = [f.name for f in UNIFIED_SCHEMA if f.name != "conversations"]
+
+
+def file_metadata(spec, subset: str, source_urls: list[str]) -> dict[str, str]:
+    """The key/value metadata every normalized file carries (DESIGN.md §4)."""
+    return {
+        "dataset": spec.name,
+        "subset": subset,
+        "license": spec.license,
+        "source_urls": json.dumps(source_urls),
+        "spec_version": str(spec.version),
+    }
+
+
+class ShardWriter:
+    """Writes rows to `<out_dir>/<subset>-00000.parquet`, `-00001`, ... Use as a context manager, or call
+    close(); `abort()` removes the temporary file of an unfinished shard."""
+
+    def __init__(self, out_dir: Path, subset: str, metadata: dict[str, str] | None = None, *,
+                 row_group_size: int = ROW_GROUP_SIZE, rows_per_shard: int = ROWS_PER_SHARD,
+                 compression: str = COMPRESSION, fmt: str = "parquet"):
+        if row_group_size < 1 or rows_per_shard < 1:
+            raise ValueError("row_group_size and rows_per_shard must be positive")
+        self.out_dir, self.subset = Path(out_dir), subset
+        meta = {"mmcorpus_version": mmcorpus.__version__, **(metadata or {})}
+        self.schema = UNIFIED_SCHEMA.with_metadata({k: str(v) for k, v in meta.items()})
+        self.row_group_size, self.rows_per_shard, self.compression = row_group_size, rows_per_shard, compression
+        if fmt not in ("parquet", "arrow"):
+            raise ValueError(f"unknown output format {fmt!r}")
+        self.fmt = fmt
+        self.files: list[Path] = []
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._tmp: Path | None = None
+        self._shard_rows = 0
+        self._reset_buffer()
+
+    # -------------------------------------------------------------------------------------------- public
+    def write(self, row: dict) -> None:
+        get = row.get
+        for name, append in self._appenders:
+            append(get(name))
+        turns = get("conversations") or ()
+        self._roles.extend([turn["role"] for turn in turns])
+        self._contents.extend([turn["content"] for turn in turns])
+        self._offsets.append(len(self._roles))
+        if len(self._offsets) - 1 >= min(self.row_group_size, self.rows_per_shard - self._shard_rows):
+            self._flush()
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        """Write rows that are already Arrow (UNIFIED_SCHEMA columns), cut at row-group and shard limits."""
+        self._flush()
+        start = 0
+        while start < batch.num_rows:
+            count = min(self.row_group_size, self.rows_per_shard - self._shard_rows, batch.num_rows - start)
+            self._write_group(batch.slice(start, count).replace_schema_metadata(self.schema.metadata))
+            start += count
+
+    def write_all(self, rows) -> "ShardWriter":
+        for row in rows:
+            self.write(row)
+        return self
+
+    def close(self) -> list[Path]:
+        """Write what is buffered, finish the open shard; returns the files written."""
+        self._flush()
+        self._finish_shard()
+        return self.files
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # ------------------------------------------------------------------------------------------ internal
+    def _reset_buffer(self) -> None:
+        self._columns: dict[str, list] = {name: [] for name in _FLAT}
+        self._appenders = [(name, values.append) for name, values in self._columns.items()]
+        self._roles: list[str] = []
+        self._contents: list[str] = []
+        self._offsets: list[int] = [0]
+
+    def _batch(self) -> pa.RecordBatch:
+        turns = pa.StructArray.from_arrays(
+            [pa.array(self._roles, pa.string()), pa.array(self._contents, pa.string())], fields=list(TURN_TYPE)
+        )
+        arrays = {name: pa.array(values, UNIFIED_SCHEMA.field(name).type) for name, values in self._columns.items()}
+        arrays["conversations"] = pa.ListArray.from_arrays(pa.array(self._offsets, pa.int32()), turns)
+        return pa.RecordBatch.from_arrays([arrays[f.name] for f in UNIFIED_SCHEMA], schema=self.schema)
+
+    def _flush(self) -> None:
+        count = len(self._offsets) - 1
+        if not count:
+            return
+        batch = self._batch()
+        self._reset_buffer()
+        self._write_group(batch)
+
+    def _write_group(self, batch: pa.RecordBatch) -> None:
+        if self._writer is None:
+            self._open_shard()
+        if self.fmt == "parquet":
+            self._writer.write_batch(batch, row_group_size=batch.num_rows)
+        else:
+            self._writer.write_batch(batch)
+        self._shard_rows += batch.num_rows
+        self.rows += batch.num_rows
+        if self._shard_rows >= self.rows_per_shard:
+            self._finish_shard()
+
+    def _open_shard(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        final = self.out_dir / f"{self.subset}-{len(self.files):05d}.{self.fmt}"
+        self._tmp = final.with_name(f".{final.name}{PART_SUFFIX}")
+        if self.fmt == "arrow":
+            self._writer = pa.ipc.new_file(str(self._tmp), self.schema)
+            return
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=self.compression,
+                                        use_dictionary=["dataset", "subset", "conversations.list.element.role"])
+
+    def _finish_shard(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        final = self.out_dir / self._tmp.name[1 : -len(PART_SUFFIX)]
+        os.replace(self._tmp, final)
+        self.files.append(final)
+        self._writer, self._tmp, self._shard_rows = None, None, 0

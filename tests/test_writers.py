@@ -1,0 +1,78 @@
+"""ShardWriter: row groups, shards, atomic files, metadata, Arrow input and spill format."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import mmcorpus
+from mmcorpus.schema import UNIFIED_SCHEMA
+from mmcorpus.writers import ShardWriter, file_metadata
+from mmcorpus.registry import parse_spec
+
+
+def row(i: int) -> dict:
+    text_only = i % 4 == 3
+    return {
+        "sample_id": f"d/s/{i}", "dataset": "d", "subset": "s", "source_id": str(i),
+        "image_path": None if text_only else f"coco/train2017/{i:012d}.jpg",
+        "caption": "a bus" if i % 4 == 0 else None,
+        "conversations": [] if i % 4 == 2 else [{"role": "user", "content": f"<image>\nq{i}"},
+                                                {"role": "assistant", "content": f"a{i}"}],
+        "width": 640 if i % 2 else None, "height": 480 if i % 2 else None,
+    }
+
+
+def test_rows_round_trip_with_row_groups_and_shards(tmp_path):
+    rows = [row(i) for i in range(25)]
+    with ShardWriter(tmp_path, "s", {"dataset": "d"}, row_group_size=4, rows_per_shard=10) as writer:
+        writer.write_all(rows)
+    assert [p.name for p in writer.files] == ["s-00000.parquet", "s-00001.parquet", "s-00002.parquet"]
+    assert [pq.ParquetFile(p).metadata.num_row_groups for p in writer.files] == [3, 3, 2]  # 4+4+2, 4+4+2, 4+1
+    table = pa.concat_tables(pq.read_table(p) for p in writer.files)
+    expected = pa.Table.from_pylist([{**r, "image_url": None} for r in rows], schema=UNIFIED_SCHEMA)
+    assert table.to_pylist() == expected.to_pylist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in writer.files]  # no temp files left
+
+
+def test_file_metadata(tmp_path):
+    spec = parse_spec({"name": "llava_pretrain", "kind": "dataset", "license": "research only", "version": 3,
+                       "format": {"type": "llava"}, "files": {"558k": {"url": "https://example.org/a.json"}}},
+                      tmp_path / "x.yaml")
+    meta = file_metadata(spec, "558k", ["https://example.org/a.json"])
+    with ShardWriter(tmp_path, "558k", meta) as writer:
+        writer.write(row(0))
+    got = pq.read_schema(writer.files[0]).metadata
+    assert got[b"dataset"] == b"llava_pretrain" and got[b"subset"] == b"558k"
+    assert got[b"license"] == b"research only" and got[b"spec_version"] == b"3"
+    assert got[b"source_urls"] == b'["https://example.org/a.json"]'
+    assert got[b"mmcorpus_version"] == mmcorpus.__version__.encode()
+
+
+def test_failure_leaves_no_file_at_a_final_name(tmp_path):
+    with pytest.raises(RuntimeError):
+        with ShardWriter(tmp_path, "s", row_group_size=2) as writer:
+            writer.write_all([row(0), row(1), row(2)])
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_rows_no_files(tmp_path):
+    with ShardWriter(tmp_path / "out", "s") as writer:
+        pass
+    assert writer.files == [] and not (tmp_path / "out").exists()
+
+
+def test_arrow_batches_and_spill_format(tmp_path):
+    batch = pa.RecordBatch.from_pylist([{**row(i), "image_url": None} for i in range(7)], schema=UNIFIED_SCHEMA)
+    with ShardWriter(tmp_path / "spill", "p", fmt="arrow") as spill:
+        spill.write_batch(batch)
+    assert spill.files[0].suffix == ".arrow"
+    with pa.OSFile(str(spill.files[0])) as source:
+        spilled = pa.ipc.open_file(source).read_all()
+    with ShardWriter(tmp_path, "s", row_group_size=3, rows_per_shard=5) as writer:
+        writer.write(row(100))
+        writer.write_batch(spilled.to_batches()[0])
+    assert writer.rows == 8 and [pq.read_metadata(p).num_rows for p in writer.files] == [5, 3]
+    assert pq.read_table(writer.files[0]).column("sample_id").to_pylist() == ["d/s/100", "d/s/0", "d/s/1", "d/s/2", "d/s/3"]
