@@ -1,0 +1,411 @@
+"""Stage mixes (configs/stages/*.yaml) and `prepare_stage`, which turns normalized datasets into a stage.
+
+A mix is a user-editable YAML file (see configs/stages/pretrain.yaml for every key). Loading is as strict as
+the registry: unknown keys, unknown datasets/subsets and impossible sampling rules are UsageErrors (exit 2)
+naming the file and the key.
+
+`prepare_stage` writes `<root>/stages/<stage>/`:
+    data/<stage>-NNNNN.parquet      the samples, UNIFIED_SCHEMA, row groups of `row_group_rows`
+    llava/<stage>.json              with formats "llava"
+    webdataset/<stage>-NNNNN.tar    with formats "webdataset"
+    report.html, manifest.json      counts per dataset, drops by reason, versions, the input fingerprint
+It is incremental and atomic: the inputs (normalized file names, sizes and mtimes, image-collection markers,
+the mix and the options) are fingerprinted, and a run whose fingerprint matches the manifest does nothing.
+Otherwise the stage is built in a temporary sibling folder and swapped in (old renamed aside, new renamed in,
+old deleted), so readers never see a half-written stage and a failed prepare leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import difflib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import yaml
+
+from mmcorpus import __version__
+from mmcorpus.dedup import Deduper
+from mmcorpus.errors import ConfigError, LockedError, UsageError
+from mmcorpus.imagecheck import ImageChecker
+from mmcorpus.registry import NAME_RE, Registry, _Fields, _int, _one_of, _str, config_dirs
+from mmcorpus.sampling import Rule, parse_rule
+from mmcorpus.shards import ShardWriter
+from mmcorpus.stagebuild import Context, Entry, build_entry
+from mmcorpus.stagestats import StageStats
+
+FORMATS = ("parquet", "llava", "webdataset")
+TEXT_ONLY = ("keep", "drop")
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------------------- mixes
+
+
+@dataclass(frozen=True)
+class MixEntry:
+    dataset: str
+    subset: str
+    rule: Rule
+    seed: int | None = None  # overrides the mix seed for this entry
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}/{self.subset}"
+
+
+@dataclass(frozen=True)
+class Mix:
+    name: str
+    source: Path
+    entries: tuple[MixEntry, ...]
+    description: str = ""
+    text_only: str = "keep"  # keep | drop text-only samples
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "source": str(self.source),
+            "text_only": self.text_only,
+            "seed": self.seed,
+            "datasets": [{"dataset": e.dataset, "subset": e.subset, "sample": str(e.rule), "seed": e.seed} for e in self.entries],
+        }
+
+
+def _rule(value) -> Rule:
+    return parse_rule(value)
+
+
+def _entry(item, index: int, source: Path, registry: Registry) -> MixEntry:
+    f = _Fields(item, f"datasets[{index}]", source)
+    dataset = f.get("dataset", _str, required=True)
+    subset = f.get("subset", _str, required=True)
+    rule = f.get("sample", _rule, Rule("all"))
+    seed = f.get("seed", _int)
+    f.done()
+    spec = registry.specs.get(dataset)
+    if spec is None:
+        close = difflib.get_close_matches(dataset, [s.name for s in registry.datasets()], n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(close)}?)" if close else " (see 'mmcorpus list')"
+        raise f.error("dataset", f"names unknown dataset '{dataset}'{hint}")
+    if spec.kind != "dataset":
+        raise f.error("dataset", f"names '{dataset}', which is an image collection, not a dataset")
+    if subset not in spec.files or spec.files[subset].role != "annotations":
+        known = ", ".join(k for k, v in spec.files.items() if v.role == "annotations")
+        raise f.error("subset", f"names unknown subset '{subset}' of {dataset} (known: {known})")
+    return MixEntry(dataset, subset, rule, seed)
+
+
+def parse_mix(data, source: Path, registry: Registry) -> Mix:
+    top = _Fields(data, "", source)
+    name = top.get("name", _str, required=True)
+    if not NAME_RE.match(name):
+        raise top.error("name", f"must be lower-case letters, digits, '_', '-' or '.', got {name!r}")
+    items = top.get("datasets", lambda v: v if isinstance(v, list) and v else _fail_list(), required=True)
+    entries = tuple(_entry(item, i, source, registry) for i, item in enumerate(items))
+    labels = [e.label for e in entries]
+    for i, label in enumerate(labels):
+        if label in labels[:i]:
+            raise top.error(f"datasets[{i}]", f"repeats {label}; list each dataset/subset once")
+    mix = Mix(
+        name=name,
+        source=source,
+        entries=entries,
+        description=top.get("description", _str, ""),
+        text_only=top.get("text_only", _one_of(*TEXT_ONLY), "keep"),
+        seed=top.get("seed", _int, 0),
+    )
+    top.done()
+    return mix
+
+
+def _fail_list():
+    raise TypeError("must be a non-empty list of {dataset, subset, sample} entries")
+
+
+def load_mix(path: Path, registry: Registry) -> Mix:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read mix: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    return parse_mix(data, path, registry)
+
+
+def stage_files(extra_dirs: Iterable[str | Path] = ()) -> dict[str, Path]:
+    """Known stage mixes by name: configs/stages/*.yaml, overridden by <config dir>/stages/*.yaml of users."""
+    found: dict[str, Path] = {}
+    for directory in config_dirs(extra_dirs):
+        for path in sorted((Path(directory) / "stages").glob("*.yaml")):
+            found[path.stem] = path
+    return found
+
+
+def resolve_mix(registry: Registry, stage: str | None, mix_file: str | Path | None, extra_dirs=()) -> tuple[str, Mix]:
+    """The stage name (the output folder) and its mix: `mix_file` if given, else the stage's built-in mix."""
+    if stage is not None and not NAME_RE.match(stage):
+        raise UsageError(f"bad stage name {stage!r}: use lower-case letters, digits, '_', '-' or '.'")
+    if mix_file is not None:
+        mix = load_mix(Path(mix_file), registry)
+        return stage or mix.name, mix
+    if stage is None:
+        raise UsageError("say which stage to prepare: --stage pretrain|finetune, or --mix FILE")
+    known = stage_files(extra_dirs)
+    if stage not in known:
+        raise UsageError(f"unknown stage '{stage}' (known: {', '.join(sorted(known))}); or pass your own --mix FILE")
+    return stage, load_mix(known[stage], registry)
+
+
+def select_entries(mix: Mix, datasets: Iterable[str] | None) -> tuple[MixEntry, ...]:
+    """`--datasets a,b:subset`: keep the entries of the mix named by dataset or dataset:subset."""
+    if not datasets:
+        return mix.entries
+    wanted = [d.replace(":", "/") for d in datasets]
+    for name in wanted:
+        if not any(name in (e.dataset, e.label) for e in mix.entries):
+            have = ", ".join(e.label for e in mix.entries)
+            raise UsageError(f"--datasets: '{name}' is not in mix '{mix.name}' (it has: {have})")
+    return tuple(e for e in mix.entries if e.dataset in wanted or e.label in wanted)
+
+
+# ------------------------------------------------------------------------------------------ inputs on disk
+
+
+def normalized_files(root: Path, dataset: str, subset: str) -> list[Path]:
+    """<root>/normalized/<dataset>/<subset>-NNNNN.parquet, in shard order (temporary files excluded)."""
+    pattern = re.compile(rf"^{re.escape(subset)}-\d{{5}}\.parquet$")
+    folder = Path(root) / "normalized" / dataset
+    return sorted(p for p in folder.glob(f"{subset}-*.parquet") if pattern.match(p.name)) if folder.is_dir() else []
+
+
+def _stat(path: Path, base: Path) -> list:
+    st = path.stat()
+    return [str(path.relative_to(base)), st.st_size, st.st_mtime_ns]
+
+
+def _image_state(root: Path, registry: Registry, dataset: str, subset: str) -> list:
+    """What tells that images were added since: collection extraction markers, URL-list shard files/markers.
+    (Images copied in by hand without a marker are not noticed: use force=True.)"""
+    spec = registry.specs[dataset]
+    images = Path(root) / "images"
+    folders = [images / registry.specs[c].path / ".mmcorpus" for c in spec.collections if c in registry.specs]
+    if spec.images_from == "url":
+        folders.append(images / dataset / subset)
+    return [_stat(p, images) for folder in folders if folder.is_dir() for p in sorted(folder.iterdir()) if p.is_file()]
+
+
+def fingerprint(root: Path, registry: Registry, entries: list[Entry], mix: Mix, options: dict) -> str:
+    state = {
+        "inputs": [[e.label, [_stat(p, Path(root)) for p in e.files], _image_state(root, registry, e.dataset, e.subset)] for e in entries],
+        "mix": mix.to_dict() | {"source": None},
+        "options": options,
+        "mmcorpus": __version__,
+        "manifest": MANIFEST_VERSION,
+    }
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------- folder handling
+
+
+def stage_dir(root: Path, stage: str) -> Path:
+    return Path(root) / "stages" / stage
+
+
+def read_manifest(root: Path, stage: str) -> dict | None:
+    """The manifest of a prepared stage, or None (for `status` and the no-op check)."""
+    try:
+        return json.loads((stage_dir(root, stage) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _stage_lock(root: Path, stage: str) -> Iterator[None]:
+    lock_path = Path(root) / "stages" / f".{stage}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise LockedError(f"another prepare of stage '{stage}' is running on {root}; try again later") from None
+        yield
+
+
+def _recover(final: Path) -> None:
+    """Clean up after a prepare that was killed: drop half-built folders; if it died between the two renames
+    of the swap, put the previous stage back."""
+    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    olds = sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not final.exists():
+        os.rename(olds.pop(), final)
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.rename(final, old)
+    os.rename(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ prepare
+
+
+def prepare_stage(
+    registry: Registry,
+    root: str | Path,
+    stage: str | None = None,
+    mix_file: str | Path | None = None,
+    datasets: Iterable[str] | None = None,
+    formats: Iterable[str] = ("parquet",),
+    seed: int | None = None,
+    *,
+    force: bool = False,
+    config_dirs: Iterable[str | Path] = (),
+    rows_per_shard: int = 500_000,
+    row_group_rows: int = 10_000,
+    samples_per_tar: int = 10_000,
+    image_threads: int = 8,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Build (or leave as is) <root>/stages/<stage>/ and return its manifest.
+
+    The returned manifest has "unchanged": True when nothing changed since the last prepare. Raises UsageError
+    (exit 2) for a bad mix/option or when none of the stage's datasets is normalized on disk, LockedError
+    (exit 75) when another prepare of the same stage runs.
+    """
+    root = Path(root)
+    log = log or (lambda message: None)
+    name, mix = resolve_mix(registry, stage, mix_file, config_dirs)
+    formats = _check_formats(formats)
+    seed = mix.seed if seed is None else seed
+    chosen = select_entries(mix, datasets)
+    entries, missing = _locate(root, chosen, seed)
+    if not entries:
+        fetch = " ".join(dict.fromkeys(e.dataset for e in chosen))
+        raise UsageError(f"nothing fetched for stage {name}: run mmcorpus fetch {fetch} (then prepare again)")
+    options = {"formats": formats, "seed": seed, "rows_per_shard": rows_per_shard, "row_group_rows": row_group_rows,
+               "samples_per_tar": samples_per_tar, "datasets": [e.label for e in chosen]}
+    final = stage_dir(root, name)
+    with _stage_lock(root, name):
+        _recover(final)
+        stamp = fingerprint(root, registry, entries, mix, options)
+        current = read_manifest(root, name)
+        if not force and current and current.get("fingerprint") == stamp:
+            log(f"stage {name}: nothing changed since {current.get('created')}")
+            return {**current, "unchanged": True}
+        tmp = final.with_name(f".{name}.tmp-{os.getpid()}")
+        try:
+            tmp.mkdir(parents=True)
+            manifest = _build(registry, root, tmp, name, mix, entries, missing, options, stamp, image_threads, log)
+            _swap_in(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {**manifest, "unchanged": False}
+
+
+def _check_formats(formats: Iterable[str]) -> list[str]:
+    formats = list(dict.fromkeys(formats))
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise UsageError(f"unknown format '{fmt}': use {', '.join(FORMATS)} (parquet is always written)")
+    return ["parquet"] + [f for f in formats if f != "parquet"]
+
+
+def _locate(root: Path, chosen: Iterable[MixEntry], seed: int) -> tuple[list[Entry], list[dict]]:
+    entries, missing = [], []
+    for e in chosen:
+        files = normalized_files(root, e.dataset, e.subset)
+        if files:
+            entries.append(Entry(e.dataset, e.subset, e.rule, e.seed if e.seed is not None else seed, files))
+        else:
+            missing.append({"dataset": e.dataset, "subset": e.subset, "fetch": f"mmcorpus fetch {e.dataset}"})
+    return entries, missing
+
+
+def _build(registry, root, out, name, mix, entries, missing, options, stamp, image_threads, log) -> dict:
+    from mmcorpus.exports import write_llava_json, write_webdataset
+    from mmcorpus.report import write_report
+
+    images_root = root / "images"
+    metadata = _file_metadata(registry, name, entries, stamp)
+    writer = ShardWriter(out / "data", name, rows_per_shard=options["rows_per_shard"],
+                         row_group_rows=options["row_group_rows"], metadata=metadata)
+    stats = StageStats(options["seed"])
+    summaries = []
+    with ImageChecker(images_root, threads=image_threads) as checker:
+        ctx = Context(checker, Deduper(), writer, stats, keep_text_only=mix.text_only == "keep")
+        for entry in entries:
+            log(f"stage {name}: {entry.label} ({entry.rule})")
+            summaries.append(build_entry(entry, ctx) | {"spec_version": registry.specs[entry.dataset].version})
+    shards = writer.close()
+    parquet_files = [out / "data" / s["file"] for s in shards]
+    outputs = {"parquet": {"folder": "data", "files": shards, "row_group_rows": writer.row_group_rows}}
+    if "llava" in options["formats"]:
+        log(f"stage {name}: writing the LLaVA JSON")
+        outputs["llava"] = write_llava_json(parquet_files, out / "llava" / f"{name}.json", seed=options["seed"]) | {"folder": "llava"}
+    if "webdataset" in options["formats"]:
+        log(f"stage {name}: writing WebDataset shards")
+        outputs["webdataset"] = write_webdataset(parquet_files, out / "webdataset", images_root, stem=name,
+                                                 per_shard=options["samples_per_tar"]) | {"folder": "webdataset"}
+    manifest = _manifest(registry, name, mix, summaries, missing, outputs, stats, options, stamp)
+    write_report(manifest, out, images_root)
+    _write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def _file_metadata(registry: Registry, name: str, entries: list[Entry], stamp: str) -> dict:
+    sources = [{"dataset": e.dataset, "subset": e.subset, "license": registry.specs[e.dataset].license,
+                "spec_version": registry.specs[e.dataset].version, "homepage": registry.specs[e.dataset].homepage}
+               for e in entries]
+    return {"stage": name, "datasets": json.dumps(sources), "mmcorpus_version": __version__, "fingerprint": stamp}
+
+
+def _manifest(registry, name, mix, summaries, missing, outputs, stats, options, stamp) -> dict:
+    drops: dict[str, int] = {}
+    for s in summaries:
+        for reason, n in s["dropped"].items():
+            drops[reason] = drops.get(reason, 0) + n
+    return {
+        "stage": name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "mmcorpus_version": __version__,
+        "fingerprint": stamp,
+        "mix": mix.to_dict(),
+        "options": options,
+        "total": {
+            "rows": sum(s["rows"] for s in summaries),
+            "kept": sum(s["kept"] for s in summaries),
+            "not_sampled": sum(s["not_sampled"] for s in summaries),
+            "dropped": dict(sorted(drops.items(), key=lambda kv: -kv[1])),
+        },
+        "datasets": summaries,
+        "missing": missing,
+        "spec_versions": {s["dataset"]: registry.specs[s["dataset"]].version for s in summaries},
+        "outputs": outputs,
+        "stats": stats.to_dict(),
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
