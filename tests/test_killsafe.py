@@ -1,0 +1,108 @@
+"""Kill -9 at random points, then re-run: the result equals an uninterrupted run (tests/killsafe.py).
+
+Applied to archive extraction (zip and tar.gz) and to the single-file downloader against the local mirror.
+fetch and prepare join here once their commands exist: one check_kill_safe call each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from killsafe import check_kill_safe, run_and_kill, run_to_completion
+from mmcorpus.localmirror import Route
+
+SEEDS = (1, 2, 3)
+
+EXTRACT = """
+import sys
+from pathlib import Path
+from mmcorpus.downloaders.archives import Mapping, extract_archive
+run = Path(sys.argv[1])
+extract_archive(run / "in" / sys.argv[2], run / "images" / "pics", Mapping(strip="pics/"))
+"""
+
+DOWNLOAD = """
+import sys
+from pathlib import Path
+from mmcorpus.downloaders.http import DownloadOptions, download_file
+from mmcorpus.registry import FileSpec
+run, url, size, sha256 = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+spec = FileSpec(key="big", url=url, filename="big.bin", size=size, sha256=sha256)
+download_file(spec, run / "downloads" / "big", DownloadOptions(backoff=0.005, max_backoff=0.005, retries=10_000))
+"""
+
+
+def members(count: int = 300, size: int = 24_000) -> dict[str, bytes]:
+    rng = random.Random(0)
+    return {f"pics/{i % 7}/{i:05d}.jpg": rng.randbytes(size) for i in range(count)}
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("archives")
+    with zipfile.ZipFile(folder / "pics.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members().items():
+            zf.writestr(name, data)
+    with tarfile.open(folder / "pics.tar.gz", "w:gz", compresslevel=1) as tf:
+        for name, data in members().items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return folder
+
+
+@pytest.mark.parametrize("archive", ["pics.zip", "pics.tar.gz"])
+def test_extraction_killed_at_random_points_ends_like_an_uninterrupted_one(archives, tmp_path, archive):
+    def setup(run_dir: Path) -> None:
+        (run_dir / "in").mkdir()
+        (run_dir / "in" / archive).hardlink_to(archives / archive)
+
+    results = check_kill_safe(
+        lambda run_dir: [sys.executable, "-c", EXTRACT, str(run_dir), archive],
+        workdir=tmp_path, setup=setup, seeds=SEEDS,
+        ready=lambda run_dir: (run_dir / "images" / "pics").exists(),
+    )
+    assert any(r.interrupted for r in results), "no kill landed while the extraction was running"
+
+
+@pytest.fixture
+def big_file(mirror) -> tuple[str, int, str]:
+    """1.5 MB behind a server that cuts every response after 64 KB: the download advances by Range requests,
+    so a kill lands mid-download at any delay."""
+    data = random.Random(1).randbytes(1_500_000)
+    url = mirror.put("big.bin", data)
+    mirror.add("big.bin", Route(cut_after=65_536))
+    return url, len(data), hashlib.sha256(data).hexdigest()
+
+
+def download_cmd(big_file):
+    url, size, sha256 = big_file
+    return lambda run_dir: [sys.executable, "-c", DOWNLOAD, str(run_dir), url, str(size), sha256]
+
+
+def test_download_killed_at_random_points_ends_like_an_uninterrupted_one(big_file, tmp_path):
+    results = check_kill_safe(
+        download_cmd(big_file), workdir=tmp_path, seeds=SEEDS,
+        ready=lambda run_dir: (run_dir / "downloads" / "big" / "big.bin.part").exists(),
+    )
+    assert any(r.interrupted for r in results), "no kill landed while the download was running"
+
+
+def test_download_resumes_after_kill_instead_of_restarting(big_file, mirror, tmp_path):
+    command = download_cmd(big_file)(tmp_path)
+    part = tmp_path / "downloads" / "big" / "big.bin.part"
+    # Kill once a few Range steps are done: those bytes must not be fetched again.
+    assert run_and_kill(command, 0.0, ready=lambda: part.is_file() and part.stat().st_size >= 3 * 65_536)
+    have = part.stat().st_size
+    before = len(mirror.hits("big.bin"))
+    run_to_completion(command)
+    assert mirror.hits("big.bin")[before].headers["Range"] == f"bytes={have}-"
+    assert hashlib.sha256((tmp_path / "downloads/big/big.bin").read_bytes()).hexdigest() == big_file[2]
