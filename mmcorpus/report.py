@@ -58,6 +58,12 @@ def format_stage_summary(manifest: dict) -> str:
         )
     for reason, n in total["dropped"].items():
         lines.append(f"  dropped {_n(n):>12}  {reason}: {REASONS.get(reason, reason)}")
+    for d in manifest["datasets"]:
+        up = d.get("upstream") or {}
+        lost = {**(up.get("download_failed") or {}), **{f"rejected {k}": v for k, v in (up.get("rejected") or {}).items()}}
+        if lost:
+            detail = ", ".join(f"{reason} {_n(n)}" for reason, n in sorted(lost.items(), key=lambda kv: -kv[1]))
+            lines.append(f"  before the stage, {d['dataset']}/{d['subset']}: {detail}")
     for m in manifest.get("missing", []):
         lines.append(f"  missing  {m['dataset']}/{m['subset']}: not fetched ({m['fetch']})")
     lines.append("  outputs: " + ", ".join(_output_summary(manifest)))
@@ -162,6 +168,7 @@ def render_report(manifest: dict, images_root: Path) -> str:
         _missing(manifest),
         _section("Where the images come from", svg_bars([(s, [(n, "#4c78a8")]) for s, n in stats["sources"].items()])),
         _section("Why samples were dropped", _drops(total)),
+        _upstream(manifest),
         _section("Text lengths", _histograms(stats)),
         _section("Random samples", '<div class="grid">' + "".join(_sample_card(x, images_root) for x in stats["examples"]) + "</div>"),
         _section("Files", _files(manifest)),
@@ -238,6 +245,21 @@ def _drops(total: dict) -> str:
     chart = svg_bars([(r, [(n, DROPPED)]) for r, n in total["dropped"].items()])
     notes = "".join(f"<li><code>{_e(r)}</code>: {_e(REASONS.get(r, r))}</li>" for r in total["dropped"])
     return chart + f'<ul class="notes">{notes}</ul>'
+
+
+def _upstream(manifest: dict) -> str:
+    """Failures before the stage (normalizer reports): image downloads that failed, records rejected."""
+    rows = []
+    for d in manifest["datasets"]:
+        up = d.get("upstream") or {}
+        for kind, counts in (("download failed", up.get("download_failed")), ("record rejected", up.get("rejected"))):
+            for reason, n in sorted((counts or {}).items(), key=lambda kv: -kv[1]):
+                rows.append(f"<tr><td>{_e(d['dataset'])}/{_e(d['subset'])}</td><td>{kind}</td><td><code>{_e(reason)}</code></td>"
+                            f"<td class='r'>{_n(n)}</td></tr>")
+    if not rows:
+        return ""
+    head = "<tr><th>dataset / subset</th><th>step</th><th>reason</th><th>count</th></tr>"
+    return _section("Lost before this stage (fetch and normalize)", f"<table>{head}{''.join(rows)}</table>")
 
 
 def _histograms(stats: dict) -> str:

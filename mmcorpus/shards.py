@@ -1,14 +1,13 @@
-"""Read normalized parquet in batches and write a stage's parquet shards with fixed-size row groups.
+"""Read normalized parquet in batches and write a stage's parquet shards with full row groups.
 
 Training readers (HF datasets, torch IterableDatasets over pyarrow, DuckDB) read a row group at a time and
 shuffle within and across them, so row groups are kept small and uniform (10,000 rows by default, a few MB of
-text) and shards hold a whole number of row groups. Each shard is written under a temporary name and renamed
-when complete.
+text) and shards hold a whole number of row groups. The files are written by writers.ShardWriter (temporary
+name, then rename; zstd).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +16,7 @@ import pyarrow.parquet as pq
 
 from mmcorpus.errors import BadInputError
 from mmcorpus.schema import UNIFIED_SCHEMA
+from mmcorpus.writers import ShardWriter
 
 
 def read_batches(path: Path, batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
@@ -46,60 +46,36 @@ def count_rows(path: Path) -> int:
         raise BadInputError(f"{path}: not a readable parquet file ({exc}); delete it and prepare again") from None
 
 
-class ShardWriter:
-    """Buffers rows and writes `<folder>/<stem>-NNNNN.parquet` shards of whole row groups."""
+class StageWriter:
+    """Cuts the stage's filtered batches (of any size) into row groups of exactly `row_group_rows` rows for
+    writers.ShardWriter, so every row group but the last is full; shards hold a whole number of groups."""
 
     def __init__(self, folder: Path, stem: str, *, rows_per_shard: int, row_group_rows: int, metadata: dict):
-        self.folder, self.stem = Path(folder), stem
         self.row_group_rows = max(1, row_group_rows)
-        self.rows_per_shard = max(self.row_group_rows, rows_per_shard // self.row_group_rows * self.row_group_rows)
-        self.schema = UNIFIED_SCHEMA.with_metadata({k.encode(): v.encode() for k, v in metadata.items()})
-        self.folder.mkdir(parents=True, exist_ok=True)
+        rows_per_shard = max(self.row_group_rows, rows_per_shard // self.row_group_rows * self.row_group_rows)
+        self.writer = ShardWriter(folder, stem, metadata, row_group_size=self.row_group_rows, rows_per_shard=rows_per_shard)
         self.pending: list[pa.RecordBatch] = []
         self.pending_rows = 0
-        self.writer: pq.ParquetWriter | None = None
-        self.file_rows = 0
-        self.files: list[dict] = []
 
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
             return
         self.pending.append(batch)
         self.pending_rows += batch.num_rows
-        while self.pending_rows >= self.row_group_rows:
-            self._write_group(self.row_group_rows)
+        if self.pending_rows >= self.row_group_rows:
+            table = pa.Table.from_batches(self.pending).combine_chunks()
+            full = self.pending_rows // self.row_group_rows * self.row_group_rows
+            self.writer.write_batch(table.slice(0, full).to_batches()[0])
+            rest = table.slice(full)
+            self.pending, self.pending_rows = rest.to_batches(), rest.num_rows
 
     def close(self) -> list[dict]:
         """Flush what is left; a stage with no rows still gets one empty shard, so readers see the schema."""
-        if self.pending_rows or (not self.files and self.writer is None):
-            self._write_group(self.pending_rows)
-        self._finish_file()
-        return self.files
-
-    def _write_group(self, rows: int) -> None:
-        table = pa.Table.from_batches(self.pending, schema=UNIFIED_SCHEMA)
-        group, rest = table.slice(0, rows), table.slice(rows)
-        self.pending, self.pending_rows = rest.to_batches(), rest.num_rows
-        if self.writer is None:
-            self._open_file()
-        self.writer.write_table(group.replace_schema_metadata(self.schema.metadata), row_group_size=max(rows, 1))
-        self.file_rows += rows
-        if self.file_rows >= self.rows_per_shard:
-            self._finish_file()
-
-    def _path(self, index: int) -> Path:
-        return self.folder / f"{self.stem}-{index:05d}.parquet"
-
-    def _open_file(self) -> None:
-        tmp = self._path(len(self.files)).with_suffix(".parquet.tmp")
-        self.writer = pq.ParquetWriter(tmp, self.schema)
-        self.file_rows = 0
-
-    def _finish_file(self) -> None:
-        if self.writer is None:
-            return
-        self.writer.close()
-        final = self._path(len(self.files))
-        os.replace(final.with_suffix(".parquet.tmp"), final)
-        self.files.append({"file": final.name, "rows": self.file_rows})
-        self.writer = None
+        if self.pending_rows:
+            self.writer.write_batch(pa.Table.from_batches(self.pending).combine_chunks().to_batches()[0])
+        files = self.writer.close()
+        if not files:
+            path = self.writer.out_dir / f"{self.writer.subset}-00000.parquet"
+            pq.write_table(self.writer.schema.empty_table(), path)
+            files = [path]
+        return [{"file": f.name, "rows": pq.ParquetFile(f).metadata.num_rows} for f in files]

@@ -23,7 +23,7 @@ import pyarrow as pa
 from mmcorpus.dedup import Deduper
 from mmcorpus.imagecheck import ImageCheck, ImageChecker
 from mmcorpus.sampling import BottomK, Rule, copies, priority
-from mmcorpus.shards import ShardWriter, count_rows, read_batches
+from mmcorpus.shards import StageWriter, count_rows, read_batches
 from mmcorpus.stagestats import StageStats
 
 DUPLICATES = ("duplicate_url", "duplicate_record")
@@ -48,7 +48,7 @@ class Entry:
 class Context:
     checker: ImageChecker
     dedup: Deduper
-    writer: ShardWriter
+    writer: StageWriter
     stats: StageStats
     keep_text_only: bool
     batch_size: int = 8192

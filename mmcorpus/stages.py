@@ -17,10 +17,8 @@ old deleted), so readers never see a half-written stage and a failed prepare lea
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import difflib
-import fcntl
 import hashlib
 import json
 import os
@@ -28,17 +26,18 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import yaml
 
 from mmcorpus import __version__
 from mmcorpus.dedup import Deduper
-from mmcorpus.errors import ConfigError, LockedError, UsageError
+from mmcorpus.errors import ConfigError, UsageError
 from mmcorpus.imagecheck import ImageChecker
 from mmcorpus.registry import NAME_RE, Registry, _Fields, _int, _one_of, _str, config_dirs
 from mmcorpus.sampling import Rule, parse_rule
-from mmcorpus.shards import ShardWriter
+from mmcorpus.locks import hold_lock
+from mmcorpus.shards import StageWriter
 from mmcorpus.stagebuild import Context, Entry, build_entry
 from mmcorpus.stagestats import StageStats
 
@@ -234,18 +233,6 @@ def read_manifest(root: Path, stage: str) -> dict | None:
         return None
 
 
-@contextlib.contextmanager
-def _stage_lock(root: Path, stage: str) -> Iterator[None]:
-    lock_path = Path(root) / "stages" / f".{stage}.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise LockedError(f"another prepare of stage '{stage}' is running on {root}; try again later") from None
-        yield
-
-
 def _recover(final: Path) -> None:
     """Clean up after a prepare that was killed: drop half-built folders; if it died between the two renames
     of the swap, put the previous stage back."""
@@ -305,7 +292,7 @@ def prepare_stage(
     options = {"formats": formats, "seed": seed, "rows_per_shard": rows_per_shard, "row_group_rows": row_group_rows,
                "samples_per_tar": samples_per_tar, "datasets": [e.label for e in chosen]}
     final = stage_dir(root, name)
-    with _stage_lock(root, name):
+    with hold_lock(root, f"stages.{name}", command=f"prepare {name}"):  # exit 75 if another prepare runs
         _recover(final)
         stamp = fingerprint(root, registry, entries, mix, options)
         current = read_manifest(root, name)
@@ -320,6 +307,19 @@ def prepare_stage(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return {**manifest, "unchanged": False}
+
+
+def upstream_failures(root: Path, dataset: str, subset: str) -> dict:
+    """What was lost before this stage, from the normalizer's `_<subset>.report.json`: records rejected by
+    reason, and for URL-list datasets the downloads that failed by reason (link rot). Empty when unknown."""
+    try:
+        report = json.loads((Path(root) / "normalized" / dataset / f"_{subset}.report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    rejects = {k: v.get("count", 0) if isinstance(v, dict) else v for k, v in (report.get("rejects") or {}).items()}
+    failed = (report.get("source") or {}).get("failed") or {}
+    return {"records": report.get("records"), "rejected": rejects,
+            "download_failed": failed if isinstance(failed, dict) else {}}
 
 
 def _check_formats(formats: Iterable[str]) -> list[str]:
@@ -347,7 +347,7 @@ def _build(registry, root, out, name, mix, entries, missing, options, stamp, ima
 
     images_root = root / "images"
     metadata = _file_metadata(registry, name, entries, stamp)
-    writer = ShardWriter(out / "data", name, rows_per_shard=options["rows_per_shard"],
+    writer = StageWriter(out / "data", name, rows_per_shard=options["rows_per_shard"],
                          row_group_rows=options["row_group_rows"], metadata=metadata)
     stats = StageStats(options["seed"])
     summaries = []
@@ -355,7 +355,8 @@ def _build(registry, root, out, name, mix, entries, missing, options, stamp, ima
         ctx = Context(checker, Deduper(), writer, stats, keep_text_only=mix.text_only == "keep")
         for entry in entries:
             log(f"stage {name}: {entry.label} ({entry.rule})")
-            summaries.append(build_entry(entry, ctx) | {"spec_version": registry.specs[entry.dataset].version})
+            summary = build_entry(entry, ctx) | {"spec_version": registry.specs[entry.dataset].version}
+            summaries.append(summary | {"upstream": upstream_failures(root, entry.dataset, entry.subset)})
     shards = writer.close()
     parquet_files = [out / "data" / s["file"] for s in shards]
     outputs = {"parquet": {"folder": "data", "files": shards, "row_group_rows": writer.row_group_rows}}
@@ -376,7 +377,7 @@ def _file_metadata(registry: Registry, name: str, entries: list[Entry], stamp: s
     sources = [{"dataset": e.dataset, "subset": e.subset, "license": registry.specs[e.dataset].license,
                 "spec_version": registry.specs[e.dataset].version, "homepage": registry.specs[e.dataset].homepage}
                for e in entries]
-    return {"stage": name, "datasets": json.dumps(sources), "mmcorpus_version": __version__, "fingerprint": stamp}
+    return {"stage": name, "datasets": json.dumps(sources), "fingerprint": stamp}  # + mmcorpus_version (writers)
 
 
 def _manifest(registry, name, mix, summaries, missing, outputs, stats, options, stamp) -> dict:

@@ -3,7 +3,6 @@ atomic rebuilds. Normalized inputs are written directly in UNIFIED_SCHEMA, with 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from pathlib import Path
@@ -15,6 +14,7 @@ from stage_helpers import caption_row, cc_rows, chat_row, make_image, row, write
 
 from mmcorpus import __version__
 from mmcorpus.errors import EXIT_LOCKED, EXIT_USAGE, ConfigError, LockedError, UsageError
+from mmcorpus.locks import hold_lock
 from mmcorpus.registry import Registry
 from mmcorpus.sampling import Rule, parse_rule
 from mmcorpus.schema import UNIFIED_SCHEMA
@@ -323,7 +323,7 @@ def test_failed_prepare_keeps_the_previous_stage(pretrain_root, registry, monkey
         prepare_stage(registry, pretrain_root, "pretrain")
     assert sorted(p.name for p in (pretrain_root / "stages/pretrain").rglob("*")) == before
     assert read_manifest(pretrain_root, "pretrain")["total"]["kept"] == 14
-    assert [p.name for p in (pretrain_root / "stages").iterdir()] in (["pretrain", ".pretrain.lock"], [".pretrain.lock", "pretrain"])
+    assert [p.name for p in (pretrain_root / "stages").iterdir()] == ["pretrain"]
 
 
 def test_a_swap_interrupted_between_renames_is_undone(pretrain_root, registry):
@@ -333,14 +333,13 @@ def test_a_swap_interrupted_between_renames_is_undone(pretrain_root, registry):
     (stages / ".pretrain.tmp-999").mkdir()  # ... with its half-built folder left behind
     again = prepare_stage(registry, pretrain_root, "pretrain")
     assert again["unchanged"] and again["fingerprint"] == first["fingerprint"]
-    assert sorted(p.name for p in stages.iterdir()) == [".pretrain.lock", "pretrain"]
+    assert [p.name for p in stages.iterdir()] == ["pretrain"]
 
 
 def test_a_running_prepare_holds_the_stage_lock(pretrain_root, registry):
-    lock = pretrain_root / "stages" / ".pretrain.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with hold_lock(pretrain_root, "stages.pretrain"):
         with pytest.raises(LockedError) as info:
             prepare_stage(registry, pretrain_root, "pretrain")
     assert info.value.exit_code == EXIT_LOCKED
+    assert not (pretrain_root / "stages" / "pretrain").exists()
+    prepare_stage(registry, pretrain_root, "pretrain")  # released: the next run goes ahead
