@@ -196,3 +196,41 @@ def test_hold_locks_takes_all_or_none(root):
 def test_lock_names_cannot_escape_the_lock_folder(root):
     with pytest.raises(Exception, match="invalid lock name"):
         lock_path(root, "../etc")
+
+
+# ------------------------------------------------------------------------------------ the cron wrapper
+
+CRON = REPO / "scripts" / "cron" / "mmcorpus-cron.sh"
+
+
+def run_cron(tmp_path: Path, exit_code: int) -> subprocess.CompletedProcess:
+    fake = tmp_path / "fake-mmcorpus"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >&2\necho '{{\"exit_code\": {exit_code}}}'\nexit {exit_code}\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "MMCORPUS_ROOT": str(tmp_path / "root"), "MMCORPUS_BIN": str(fake)}
+    return subprocess.run(["bash", str(CRON), "cc3m", "--workers", "2"], env=env, capture_output=True, text=True)
+
+
+def test_cron_wrapper_is_silent_on_success_and_passes_the_cron_options(tmp_path):
+    result = run_cron(tmp_path, 0)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    logs = tmp_path / "root" / "logs"
+    assert json.loads((logs / "fetch-last.json").read_text()) == {"exit_code": 0}
+    log = next(logs.glob("fetch-*.log")).read_text()
+    assert log.startswith("fetch cc3m --workers 2 --quiet --json --log-file ")
+
+
+def test_cron_wrapper_treats_exit_75_as_busy(tmp_path):
+    run_cron(tmp_path, 0)
+    result = run_cron(tmp_path, EXIT_LOCKED)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    logs = tmp_path / "root" / "logs"
+    assert "busy: another run holds the lock (cc3m --workers 2)" in (logs / "cron-busy.log").read_text()
+    assert json.loads((logs / "fetch-last.json").read_text()) == {"exit_code": 0}  # still the real run
+    assert len(list(logs.glob("fetch-*.json"))) == 2  # the real run's summary and the link
+
+
+def test_cron_wrapper_reports_other_failures(tmp_path):
+    result = run_cron(tmp_path, 1)
+    assert result.returncode == 1
+    assert result.stderr.startswith("mmcorpus-cron: 'mmcorpus fetch cc3m --workers 2' failed with exit 1")
