@@ -1,19 +1,22 @@
 """One lock per root and dataset/collection, safe on NFS and Lustre (DESIGN.md §2: exit 75 when busy).
 
-A lock is the file `<root>/.locks/<name>.lock`, created with O_CREAT|O_EXCL (atomic on local file systems,
-NFSv3+ and Lustre; `fcntl`/`flock` locks are not: they are silently local-only on some NFS mounts and lost
-when a client reboots). It holds JSON: host, pid, the process start tick, start time, command and a random
-token that identifies this holder.
+A lock is the file `<root>/.locks/<name>.lock`, created with O_CREAT|O_EXCL: atomic on local file systems,
+NFSv3+ and Lustre (not NFSv2). `fcntl`/`flock` locks are not used: they are silently local-only on some NFS
+mounts and lost when a client reboots. The file holds JSON: host, pid, the process start tick, start time,
+command and a random token that identifies this holder.
 
 A lock is stale, and may be broken, when
 - its holder ran on this host and that process is gone (or the pid now belongs to another process), or
 - it was not refreshed for `max_age` seconds (the only test possible for a holder on another host). The
-  holder refreshes the file's mtime in a background thread, so a run of several days keeps its lock.
+  holder refreshes the file's mtime in a background thread, so a run of several days keeps its lock. The
+  mtime is set by the file server's clock and compared with ours: `max_age` must dwarf any clock skew
+  (the default is hours).
 
 Breaking is "rename, then retry O_EXCL": the stale file is renamed to a unique name first, so of two
 processes breaking the same lock only one rename succeeds. A breaker that renamed a *fresh* lock (created
 by a third process after we judged the old one stale) puts it back. A lock broken by mistake costs
-duplicate work, never corruption: every writer uses unique temporary names and atomic renames.
+duplicate work, never corruption, as long as every writer uses temporary names unique to its process and
+atomic renames.
 """
 
 from __future__ import annotations
@@ -197,7 +200,8 @@ def _break(path: Path, judged: Holder | None) -> None:
     except FileNotFoundError:
         return  # another breaker was first
     taken = _read(aside)
-    if judged is not None and (taken is None or taken.token != judged.token):
+    # Compare tokens, not inode numbers: a freed inode is often reused at once by the next lock file.
+    if (taken and taken.token) != (judged and judged.token):
         with contextlib.suppress(OSError):
             os.link(aside, path)
     aside.unlink(missing_ok=True)

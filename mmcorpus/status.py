@@ -269,7 +269,8 @@ def _details(item: dict) -> list[str]:
         out.append(f"{name}: locked by {item['locked_by']}")
     for f in item["files"]:
         if f["state"] in ("present", "partial") or f.get("extracted") == "outdated":
-            size = f" ({human_bytes(f['bytes'])} of {human_bytes(f['expected_bytes'])})" if f["state"] == "partial" else ""
+            partial = f["state"] == "partial"
+            size = f" ({human_bytes(f['bytes'])} of {human_bytes(f['expected_bytes'])})" if partial else ""
             state = "extracted with an outdated mapping" if f.get("extracted") == "outdated" else f["state"]
             out.append(f"{name}: {f['filename']} {state}{size}")
     images = item["images"] or {}

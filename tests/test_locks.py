@@ -234,3 +234,11 @@ def test_cron_wrapper_reports_other_failures(tmp_path):
     result = run_cron(tmp_path, 1)
     assert result.returncode == 1
     assert result.stderr.startswith("mmcorpus-cron: 'mmcorpus fetch cc3m --workers 2' failed with exit 1")
+
+
+def test_breaker_puts_back_a_fresh_lock_taken_after_it_judged_the_old_one(root):
+    stale = locks.Holder(host=socket.gethostname(), pid=dead_pid(), since=0, token="stale")
+    path = write_lock(root, "gqa", token="fresh")  # another breaker was faster and took the lock
+    locks._break(path, stale)
+    assert read_holder(root, "gqa").token == "fresh"
+    assert [p.name for p in path.parent.iterdir()] == ["gqa.lock"]
