@@ -2,6 +2,7 @@
 
 A disk that fills up mid-run costs more than the run: a 20 GB archive cut at 19 GB, extraction stopped
 half-way, and on a shared data server every other user's jobs failing too. So fetch asks first:
+`ensure_space_for_fetch(specs, root)` (all specs of the run, per file system), or for one step
 `ensure_free_space(path, expected_bytes(spec, root))`.
 
 Expected sizes come from the specs (`size` of each file). What is already on disk is not counted again:
@@ -13,7 +14,8 @@ extraction is estimated as `size x EXPANSION` with EXPANSION = 1.1 (10% for file
 many small files); pass `expansion=` for collections known to compress better.
 
 Limits: `statvfs` reports the file system's free space, not a user's quota on NFS or Lustre (`lfs quota`);
-a quota can still stop a run that passed this check. Unknown sizes (specs without `size`) count as zero.
+a quota can still stop a run that passed this check. Unknown sizes (specs without `size`, e.g. COCO's zip)
+count as zero: `unknown_sizes` names them. URL-list images are not counted (their size is not in the spec).
 """
 
 from __future__ import annotations
@@ -38,10 +40,16 @@ class DiskFullError(MMCorpusError):
 
 def free_bytes(path: Path) -> tuple[int, Path]:
     """Free bytes on the file system that holds `path` (or would, once created), and its mount point."""
-    existing = Path(path).absolute()
-    while not existing.exists():  # the root's sub-folders may not exist yet
-        existing = existing.parent
+    existing = _existing(path)
     return shutil.disk_usage(existing).free, mount_point(existing)
+
+
+def _existing(path: Path) -> Path:
+    """`path` or its nearest existing parent: the root's sub-folders may not exist yet."""
+    existing = Path(path).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    return existing
 
 
 def mount_point(path: Path) -> Path:
@@ -72,16 +80,46 @@ def expected_bytes(spec, root: Path | None = None, *, only: set[str] | None = No
     `only`: file/archive keys to count (default: the non-optional ones, as fetch does). With `root`, what is
     already complete on disk is not counted.
     """
-    total = 0
+    return sum(space_needed(spec, root, only=only, expansion=expansion).values())
+
+
+def space_needed(spec, root: Path | None = None, *, only: set[str] | None = None,
+                 expansion: float = EXPANSION) -> dict[Path, int]:
+    """expected_bytes split by the folder the bytes land in (downloads/<name>, images/<collection path>):
+    the two may be on different file systems (images/ symlinked to a bigger disk)."""
+    base = Path(root) if root is not None else Path(".")
+    needs = {base / "downloads" / spec.name: 0}
     for file in _chosen(spec, only):
         if not file.size:
             continue
         if spec.kind == "collection":
             if root is not None and _extracted(spec, file, root):
                 continue
-            total += int(file.size * expansion)
-        total += _still_to_download(spec, file, root)
-    return total
+            dest = collection_dir(spec, base)
+            needs[dest] = needs.get(dest, 0) + int(file.size * expansion)
+        needs[base / "downloads" / spec.name] += _still_to_download(spec, file, root)
+    return {path: n for path, n in needs.items() if n}
+
+
+def ensure_space_for_fetch(specs, root: Path, *, only: dict[str, set[str]] | None = None,
+                           expansion: float = EXPANSION, margin: float = MARGIN, min_margin: int = MIN_MARGIN) -> int:
+    """Check, per file system, that everything `specs` will still write fits; return the total bytes.
+    Needs of several specs on one file system are added up: each alone might fit where all together do not."""
+    by_fs: dict[int, tuple[Path, int]] = {}
+    for spec in specs:
+        keys = only.get(spec.name) if only else None
+        for path, n in space_needed(spec, root, only=keys, expansion=expansion).items():
+            device = _device(path)
+            first, total = by_fs.get(device, (path, 0))
+            by_fs[device] = (first, total + n)
+    names = ", ".join(s.name for s in specs)
+    for path, total in by_fs.values():
+        ensure_free_space(path, total, margin=margin, min_margin=min_margin, what=f"fetch {names}")
+    return sum(total for _, total in by_fs.values())
+
+
+def _device(path: Path) -> int:
+    return _existing(path).stat().st_dev
 
 
 def unknown_sizes(spec, *, only: set[str] | None = None) -> list[str]:

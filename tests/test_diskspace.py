@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from mmcorpus.diskspace import DiskFullError, ensure_free_space, expected_bytes, free_bytes, unknown_sizes
+from mmcorpus.diskspace import (
+    DiskFullError,
+    ensure_free_space,
+    ensure_space_for_fetch,
+    expected_bytes,
+    free_bytes,
+    space_needed,
+    unknown_sizes,
+)
 from mmcorpus.downloaders.archives import Mapping, extract_archive
 from mmcorpus.errors import EXIT_FAILED
 from mmcorpus.registry import parse_spec
@@ -63,3 +71,12 @@ def test_archive_needs_download_plus_expansion_until_extracted(root, tmp_path):
         zf.writestr("pics/1.jpg", b"jpeg")
     extract_archive(archive, root / "images" / "pics", Mapping(strip="pics/"))
     assert expected_bytes(COLLECTION, root) == 0
+
+
+def test_fetch_plan_adds_up_specs_on_one_file_system(root):
+    needs = {"downloads/tiny": 1000, "downloads/pics": 2000, "images/pics": 2200}
+    got = {p.relative_to(root).as_posix(): n for s in (DATASET, COLLECTION) for p, n in space_needed(s, root).items()}
+    assert got == needs
+    assert ensure_space_for_fetch([DATASET, COLLECTION], root, min_margin=0) == 5200
+    with pytest.raises(DiskFullError, match="fetch tiny, pics: not enough disk space"):
+        ensure_space_for_fetch([DATASET, COLLECTION], root, expansion=1e15)
