@@ -1,7 +1,8 @@
 """Kill -9 at random points, then re-run: the result equals an uninterrupted run (tests/killsafe.py).
 
-Applied to archive extraction (zip and tar.gz) and to the single-file downloader against the local mirror.
-fetch and prepare join here once their commands exist: one check_kill_safe call each.
+Applied to archive extraction (zip and tar.gz), to the single-file downloader against the local mirror, and
+to both together (a collection fetch). `mmcorpus fetch` and `prepare` join here once their commands exist:
+one check_kill_safe call each.
 """
 
 from __future__ import annotations
@@ -39,8 +40,21 @@ spec = FileSpec(key="big", url=url, filename="big.bin", size=size, sha256=sha256
 download_file(spec, run / "downloads" / "big", DownloadOptions(backoff=0.005, max_backoff=0.005, retries=10_000))
 """
 
+FETCH_COLLECTION = """
+import sys
+from pathlib import Path
+from mmcorpus.collections import fetch_collection
+from mmcorpus.downloaders.http import DownloadOptions, download_file
+from mmcorpus.registry import parse_spec
+run, url = Path(sys.argv[1]), sys.argv[2]
+spec = parse_spec({"name": "pics", "kind": "collection", "path": "pics", "archives": [{"url": url, "strip": "pics/"}]},
+                  Path("pics.yaml"))
+options = DownloadOptions(backoff=0.005, max_backoff=0.005, retries=10_000)
+fetch_collection(spec, run, lambda archive, dest: download_file(archive, dest, options).path)
+"""
 
-def members(count: int = 300, size: int = 24_000) -> dict[str, bytes]:
+
+def members(count: int = 200, size: int = 16_000) -> dict[str, bytes]:
     rng = random.Random(0)
     return {f"pics/{i % 7}/{i:05d}.jpg": rng.randbytes(size) for i in range(count)}
 
@@ -106,3 +120,13 @@ def test_download_resumes_after_kill_instead_of_restarting(big_file, mirror, tmp
     run_to_completion(command)
     assert mirror.hits("big.bin")[before].headers["Range"] == f"bytes={have}-"
     assert hashlib.sha256((tmp_path / "downloads/big/big.bin").read_bytes()).hexdigest() == big_file[2]
+
+
+def test_collection_fetch_killed_at_random_points_ends_like_an_uninterrupted_one(archives, mirror, tmp_path):
+    url = mirror.put("pics.zip", (archives / "pics.zip").read_bytes())
+    mirror.add("pics.zip", Route(cut_after=1 << 20))  # download in 1 MB Range steps, then extraction
+    results = check_kill_safe(
+        lambda run_dir: [sys.executable, "-c", FETCH_COLLECTION, str(run_dir), url],
+        workdir=tmp_path, seeds=SEEDS, ready=lambda run_dir: (run_dir / "downloads").exists(),
+    )
+    assert any(r.interrupted for r in results), "no kill landed while the fetch was running"
