@@ -127,14 +127,22 @@ def _run_part(plan: _Plan, staging: Path, index: int, byte_range) -> dict:
     else:
         writer = plan.writer(staging, f"spill{index:03d}", fmt="arrow", rows_per_shard=1 << 62)
     with writer:
-        for row in normalizer_module(plan.spec.format_type).normalize(job):
-            path = row["image_path"]
-            if path is not None:
-                row["image_path"] = resolver.resolve(path) or path  # missing: keep the JSON's path, count it
-            writer.write(row)
+        for batch in normalizer_module(plan.spec.format_type).normalize(job):
+            writer.write_batch(_resolve_images(batch, resolver))
     records = job.stats.get("records", job.rejects.total + writer.rows)
     return {"index": index, "files": writer.files, "rows": writer.rows, "records": records,
             "rejects": job.rejects, "stats": job.stats, "images": resolver.report()}
+
+
+def _resolve_images(batch: pa.RecordBatch, resolver: ImageResolver) -> pa.RecordBatch:
+    """Image paths as found on disk (wikiart escapes, other extensions); a missing image keeps the path the
+    file gives, and is counted by the resolver."""
+    column = batch.schema.get_field_index("image_path")
+    paths = batch.column(column).to_pylist()
+    found = [path if path is None else resolver.resolve(path) or path for path in paths]
+    if found == paths:
+        return batch
+    return batch.set_column(column, batch.schema.field(column), pa.array(found, pa.string()))
 
 
 def _part_worker(args) -> dict:
@@ -146,10 +154,12 @@ def _part_worker(args) -> dict:
 
 
 def _run_parallel(plan: _Plan, staging: Path, ranges) -> list[dict] | None:
-    """All ranges in worker processes; None when any range failed (the caller redoes the file in one go)."""
+    """Range 0 in this process, the others in worker processes; None when any range failed (the caller
+    then redoes the file in one go)."""
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(len(ranges)) as pool:
-        parts = pool.map(_part_worker, [(plan, staging, i, r) for i, r in enumerate(ranges)])
+    with ctx.Pool(len(ranges) - 1) as pool:
+        later = pool.map_async(_part_worker, [(plan, staging, i, r) for i, r in enumerate(ranges) if i])
+        parts = [_part_worker((plan, staging, 0, ranges[0]))] + later.get()
         if any("error" in p for p in parts):
             return None
         _shift_indices(parts)
@@ -270,5 +280,5 @@ def dataset_image_paths(spec, root: Path, subsets: list[str] | None = None):
                      ROW_GROUP_SIZE, ROWS_PER_SHARD)
         if spec.format_type == "tsv" or not plan.path.is_file():
             continue
-        for row in module.normalize(plan.job()):
-            yield row["image_path"]
+        for batch in module.normalize(plan.job()):
+            yield from batch.column("image_path").to_pylist()

@@ -18,13 +18,13 @@ from mmcorpus.normalizers.jsonarray import iter_json_array, split_points
 from mmcorpus.normalizers.llava import convert
 from mmcorpus.normalizers.llava import normalize as normalize_llava
 from mmcorpus.registry import parse_spec
-from mmcorpus.resolve import ImageResolver, decode_escapes, sniff_format, unsafe_path_reason
+from mmcorpus.resolve import ImageResolver, decode_escapes, is_unsafe_path, sniff_format
 from mmcorpus.schema import STATUS_SCHEMA, UNIFIED_SCHEMA
 
 
 def llava_rows(path: Path, prefix: str = "", captions: bool = False, subset: str = "s") -> tuple[list[dict], Job]:
     job = Job(dataset="d", subset=subset, path=path, image_prefix=prefix, captions=captions)
-    return list(normalize_llava(job)), job
+    return [row for batch in normalize_llava(job) for row in batch.to_pylist()], job
 
 
 def write_json(tmp_path: Path, records, name: str = "f.json") -> Path:
@@ -115,7 +115,7 @@ def test_suffix_image_token_record(tmp_path):
 GOOD = [turn("human", "<image>\nq"), turn("gpt", "a")]
 
 
-@pytest.mark.parametrize("record, reason", [
+BROKEN = [
     ("just a string", "not_an_object"),
     ({"id": 1, "image": "a.jpg"}, "missing_conversations"),
     ({"id": 1, "image": "a.jpg", "conversations": []}, "missing_conversations"),
@@ -137,9 +137,26 @@ GOOD = [turn("human", "<image>\nq"), turn("gpt", "a")]
     ({"id": 1, "image": "a\u0000.jpg", "conversations": GOOD}, "bad_image_path"),
     ({"id": 1, "image": "coco\\a.jpg", "conversations": GOOD}, "bad_image_path"),
     ({"id": 1, "image": "", "conversations": GOOD}, "bad_image_path"),
-])
+    ({"id": 1, "image": "a.jpg", "conversations": [[["from", "human"], ["value", "<image>"]]]}, "bad_type"),
+]
+
+
+@pytest.mark.parametrize("record, reason", BROKEN)
 def test_broken_records_are_rejected_with_reason(record, reason):
     assert convert(record) == reason
+
+
+def test_broken_records_between_good_ones_in_one_batch(tmp_path):
+    """The checks run over whole batches: each reject must land on its own record, and no good one."""
+    good = {"id": "ok", "image": "a.jpg", "conversations": GOOD}
+    records = [r for bad, _ in BROKEN for r in (good, bad)] + [good]
+    rows, job = llava_rows(write_json(tmp_path, records))
+    assert [r["sample_id"] for r in rows] == [f"d/s/{i}" for i in range(0, len(records), 2)]
+    expected: dict[str, list[int]] = {}
+    for i, (_, reason) in enumerate(BROKEN):
+        expected.setdefault(reason, []).append(2 * i + 1)
+    assert {r: job.rejects.examples[r] for r in job.rejects.counts} == {r: e[:5] for r, e in expected.items()}
+    assert {r: n for r, n in job.rejects.counts.items()} == {r: len(e) for r, e in expected.items()}
 
 
 def test_rejects_are_counted_with_examples_never_dropped_silently(tmp_path):
@@ -236,7 +253,7 @@ def cc3m_status(root: Path) -> None:
 def test_urllist_rows_from_status_parquets(root):
     cc3m_status(root)
     job = Job(dataset="cc3m", subset="validation", root=root)
-    rows = list(get_normalizer("tsv")(job))
+    rows = [row for batch in get_normalizer("tsv")(job) for row in batch.to_pylist()]
     assert [r["sample_id"] for r in rows] == ["cc3m/validation/0", "cc3m/validation/2", "cc3m/validation/3",
                                               "cc3m/validation/4"]
     assert rows[0]["caption"] == "author : a life in photography -- in pictures"
@@ -249,9 +266,8 @@ def test_urllist_rows_from_status_parquets(root):
 
 
 def test_unsafe_paths_and_escape_decoding():
-    assert unsafe_path_reason("coco/train2017/1.jpg") is None
-    assert unsafe_path_reason("a/..b/c..jpg") is None
-    assert unsafe_path_reason("C:/x.jpg") == "absolute path"
+    assert not is_unsafe_path("coco/train2017/1.jpg") and not is_unsafe_path("a/..b/c..jpg")
+    assert is_unsafe_path("C:/x.jpg") and is_unsafe_path("a/..") and is_unsafe_path("a\\b")
     name = "arnold-b#U00e3#U00b6cklin_soldiers-amount-towards-a-mountain-fortress.jpg"
     assert decode_escapes(name) == "arnold-bã¶cklin_soldiers-amount-towards-a-mountain-fortress.jpg"
 

@@ -1,13 +1,15 @@
 """Normalizers: one module per source format, each turning one input into rows of UNIFIED_SCHEMA.
 
-A normalizer is a function `normalize(job: Job) -> Iterator[dict]` in its own module; NORMALIZERS maps a spec's
-`format.type` to that module, so adding a format is one module and one line here. Rows are plain dicts with the
-UNIFIED_SCHEMA column names. Records that break the format are never dropped silently: the normalizer counts
-them in `job.rejects` by reason, with a few example record indices for the report.
+A normalizer is a function `normalize(job: Job) -> Iterator[pyarrow.RecordBatch]` in its own module; NORMALIZERS
+maps a spec's `format.type` to that module, so adding a format is one module and one line here. Batches have
+exactly UNIFIED_SCHEMA (columnar, so millions of rows never become Python dicts; `batch.to_pylist()` gives plain
+rows). Records that break the format are never dropped silently: the normalizer counts them in `job.rejects` by
+reason, with a few example record indices for the report.
 """
 
 from __future__ import annotations
 
+import bisect
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ NORMALIZERS = {
 
 @dataclass
 class Rejects:
-    """Rejected records by reason, with up to `max_examples` record indices per reason."""
+    """Rejected records by reason, with the first `max_examples` record indices (in file order) per reason."""
 
     max_examples: int = 5
     counts: dict[str, int] = field(default_factory=dict)
@@ -32,8 +34,9 @@ class Rejects:
     def add(self, reason: str, index: int) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
         examples = self.examples.setdefault(reason, [])
-        if len(examples) < self.max_examples:
-            examples.append(index)
+        if len(examples) < self.max_examples or index < examples[-1]:  # batches report out of file order
+            bisect.insort(examples, index)
+            del examples[self.max_examples :]
 
     @property
     def total(self) -> int:
@@ -66,7 +69,7 @@ class Job:
     stats: dict = field(default_factory=dict)  # extra counts a normalizer reports (e.g. failed URLs by error)
 
 
-Normalizer = Callable[[Job], Iterator[dict]]
+Normalizer = Callable[[Job], Iterator["pyarrow.RecordBatch"]]
 
 
 def normalizer_module(format_type: str):

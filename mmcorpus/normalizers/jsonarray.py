@@ -22,6 +22,8 @@ from mmcorpus.errors import BadInputError
 CHUNK = 4 << 20
 MAX_RECORD = 256 << 20  # no real record is near this; a larger "record" is a broken file, not a reason to OOM
 _WS = re.compile(r"[ \t\n\r]*")
+_WS_CHARS = " \t\n\r"
+_SEPARATOR = re.compile(r"[ \t\n\r]*,[ \t\n\r]*")
 
 
 class _Buffer:
@@ -140,7 +142,7 @@ def _elements(buf: _Buffer, max_record: int, last: bool) -> Iterator[object]:
     decode = json.JSONDecoder().raw_decode
     index = 0
     while True:
-        if buf.skip_ws() == "":
+        if (buf.pos >= len(buf.text) or buf.text[buf.pos] in _WS_CHARS) and buf.skip_ws() == "":
             if not last and index:
                 return False  # the range ended after a separator: the next range starts here
             raise _truncated(buf, index, "file ends inside the array")
@@ -163,6 +165,10 @@ def _elements(buf: _Buffer, max_record: int, last: bool) -> Iterator[object]:
         buf.pos = end
         yield value
         index += 1
+        separator = _SEPARATOR.match(buf.text, end)  # fast path: one regex call between two records
+        if separator is not None and separator.end() < len(buf.text):
+            buf.pos = separator.end()
+            continue
         separator = buf.skip_ws()
         if separator == "]":
             buf.pos += 1

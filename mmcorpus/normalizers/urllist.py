@@ -4,7 +4,7 @@ The TSV itself is not re-read: the engine already wrote one status row per TSV r
 `<root>/images/<dataset>/<subset>/<shard:05d>.parquet` (STATUS_SCHEMA, DESIGN.md §3). `ok` rows become caption
 rows (image_path, image_url, caption, width, height; no conversations); failed rows are counted by error in
 `job.stats["failed"]` (link rot is normal and reported, P20). `key` is the TSV row index, so
-sample_id = `<dataset>/<subset>/<int(key)>` and cc3m/train and cc3m/validation never collide.
+sample_id = `<dataset>/<subset>/<key without its zero padding>` and cc3m/train and cc3m/validation never collide.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmcorpus.normalizers import Job
+from mmcorpus.schema import UNIFIED_SCHEMA
 
 SHARD_NAME = re.compile(r"^\d{5}\.parquet$")
 COLUMNS = ["key", "url", "caption", "status", "error", "width", "height", "image_path"]
@@ -28,31 +31,38 @@ def status_files(root: Path, dataset: str, subset: str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if SHARD_NAME.match(p.name))
 
 
-def normalize(job: Job) -> Iterator[dict]:
-    base = f"{job.dataset}/{job.subset}/"
+def normalize(job: Job) -> Iterator[pa.RecordBatch]:
+    """UNIFIED_SCHEMA batches of the ok rows; failed rows counted in job.stats["failed"] by error."""
     failed: dict[str, int] = job.stats.setdefault("failed", {})
     files = status_files(job.root, job.dataset, job.subset)
     job.stats["status_files"] = len(files)
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(columns=COLUMNS, batch_size=50_000):
-            for status in batch.to_pylist():
-                if status["status"] != "ok":
-                    error = status["error"] or "unknown"
-                    failed[error] = failed.get(error, 0) + 1
-                    continue
-                yield _row(status, base, job)
+        for status in pq.ParquetFile(path).iter_batches(columns=COLUMNS, batch_size=50_000):
+            ok = pc.equal(status.column("status"), "ok")
+            for error, count in _failures(status.filter(pc.invert(ok))).items():
+                failed[error] = failed.get(error, 0) + count
+            yield _unified(status.filter(ok), job)
 
 
-def _row(status: dict, base: str, job: Job) -> dict:
-    return {
-        "sample_id": base + str(int(status["key"])),
-        "dataset": job.dataset,
-        "subset": job.subset,
-        "source_id": status["key"],
-        "image_path": status["image_path"],
-        "image_url": status["url"],
-        "caption": status["caption"],
-        "conversations": [],
-        "width": status["width"],
-        "height": status["height"],
+def _failures(rows: pa.RecordBatch) -> dict[str, int]:
+    errors = pc.fill_null(rows.column("error"), "unknown")
+    return {item["values"]: item["counts"] for item in pc.value_counts(errors).to_pylist()}
+
+
+def _unified(ok: pa.RecordBatch, job: Job) -> pa.RecordBatch:
+    n = ok.num_rows
+    base = f"{job.dataset}/{job.subset}/"
+    keys = ok.column("key")
+    columns = {
+        "sample_id": pa.array([base + (key.lstrip("0") or "0") for key in keys.to_pylist()], pa.string()),
+        "dataset": pa.array([job.dataset] * n, pa.string()),
+        "subset": pa.array([job.subset] * n, pa.string()),
+        "source_id": keys,
+        "image_path": ok.column("image_path"),
+        "image_url": ok.column("url"),
+        "caption": ok.column("caption"),
+        "conversations": pa.array([[]] * n, UNIFIED_SCHEMA.field("conversations").type),
+        "width": ok.column("width"),
+        "height": ok.column("height"),
     }
+    return pa.RecordBatch.from_arrays([columns[f.name] for f in UNIFIED_SCHEMA], schema=UNIFIED_SCHEMA)
