@@ -59,7 +59,7 @@ class Holder:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
         if not self.pid:
             return f"a lock file being written or unreadable, since {when}"
-        return f"host {self.host}, pid {self.pid}, since {when}" + (f" ({self.command})" if self.command else "")
+        return f"host {self.host}, pid {self.pid}, since {when}" + (f", running: {self.command}" if self.command else "")
 
 
 def lock_path(root: Path, name: str) -> Path:
@@ -69,8 +69,18 @@ def lock_path(root: Path, name: str) -> Path:
 
 
 def read_holder(root: Path, name: str) -> Holder | None:
-    """The current holder of a lock, or None when it is free or unreadable (used by `status`)."""
+    """The current holder of a lock, or None when it is free or unreadable."""
     return _read(lock_path(root, name))
+
+
+def describe_lock(root: Path, name: str, max_age: float = DEFAULT_MAX_AGE) -> str | None:
+    """One line for `status`: who holds the lock, and whether the next run will break it; None when free."""
+    path = lock_path(root, name)
+    holder = _read(path)
+    if holder is None and not path.exists():
+        return None
+    text = (holder or Holder(host="", pid=0, since=_mtime(path) or time.time())).describe()
+    return text + (" [stale: the next run breaks it]" if _is_stale(path, holder, max_age) else "")
 
 
 @contextlib.contextmanager

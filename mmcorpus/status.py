@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from mmcorpus.collections import collection_dir
 from mmcorpus.downloaders import verify
 from mmcorpus.downloaders.archives import MARKER_DIR, Mapping, marker_path, read_marker
-from mmcorpus.locks import read_holder
+from mmcorpus.locks import describe_lock
 from mmcorpus.progress import human_bytes
 from mmcorpus.registry import Registry, Spec
 
@@ -87,7 +87,7 @@ def spec_status(spec: Spec, root: Path) -> dict:
         "images": None,
         "bytes_on_disk": sum(f["bytes"] for f in files),
         "last_run": read_run(root, spec.name),
-        "locked_by": _lock_text(root, spec.name),
+        "locked_by": describe_lock(root, spec.name),
     }
     if spec.kind == "collection":
         item["images"] = _folder_images(collection_dir(spec, root))
@@ -131,11 +131,6 @@ def _extracted(spec: Spec, archive, root: Path) -> bool | str:
         return True
     # A marker of another mapping: the spec's strip/include changed since; fetch will extract again.
     return "outdated" if marker_path(archive.filename, dest).exists() else False
-
-
-def _lock_text(root: Path, name: str) -> str | None:
-    holder = read_holder(root, name)
-    return holder.describe() if holder else None
 
 
 # ------------------------------------------------------------------------------------------------ images

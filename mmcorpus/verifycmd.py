@@ -240,6 +240,8 @@ def _repair(spec: Spec, item: dict, root: Path, report: dict) -> None:
             report["moved_aside"].append(str(verify.move_aside(path)))
         if bad["kind"] == "image" and spec.kind == "dataset":
             _shard_marker(path).unlink(missing_ok=True)
+        if bad["kind"] == "shard":  # an unreadable status parquet: the engine redoes a shard without marker
+            path.with_suffix(SHARD_DONE_SUFFIX).unlink(missing_ok=True)
     if spec.kind == "collection" and any(b["kind"] in ("image", "member") for b in item["bad"]):
         for archive in spec.archives:
             marker_path(archive.filename, collection_dir(spec, root)).unlink(missing_ok=True)

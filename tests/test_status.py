@@ -4,6 +4,9 @@ reason from status parquets, bytes, last run, locks, and the terminal table."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -132,3 +135,13 @@ def test_format_status_table(filled_root):
 def test_empty_root(root):
     text = format_status(collect_status(REGISTRY, root))
     assert "nothing on disk yet: cc, chat, pics" in text
+
+
+def test_lock_of_a_crashed_run_is_shown_as_stale(filled_root):
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    lock = filled_root / ".locks" / "cc.lock"
+    lock.parent.mkdir()
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead, "since": 0, "token": "x"}))
+    cc = collect_status(REGISTRY, filled_root, "cc")["items"]["cc"]
+    assert cc["locked_by"].endswith("[stale: the next run breaks it]")

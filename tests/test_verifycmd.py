@@ -113,7 +113,7 @@ def test_repair_moves_aside_and_a_refetch_restores(good_root):
     (images / "0/001.jpg").write_bytes(jpeg(1)[:900])
     (good_root / "images/cc/train/00000/000000001.jpg").write_bytes(b"garbage")
 
-    report = verify_root(REGISTRY, good_root, "pics", workers=2, repair=True)
+    report = verify_root(REGISTRY, good_root, "pics", workers=1, repair=True)
     assert report["refetch"] == ["pics"] and len(report["moved_aside"]) == 1
     assert not (images / "0/001.jpg").exists() and (images / "0/.rejected").is_dir()
     assert not marker_path("pics.zip", images).exists()  # so that fetch extracts again
