@@ -59,7 +59,8 @@ class Holder:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
         if not self.pid:
             return f"a lock file being written or unreadable, since {when}"
-        return f"host {self.host}, pid {self.pid}, since {when}" + (f", running: {self.command}" if self.command else "")
+        running = f", running: {self.command}" if self.command else ""
+        return f"host {self.host}, pid {self.pid}, since {when}{running}"
 
 
 def lock_path(root: Path, name: str) -> Path:
@@ -79,7 +80,7 @@ def describe_lock(root: Path, name: str, max_age: float = DEFAULT_MAX_AGE) -> st
     holder = _read(path)
     if holder is None and not path.exists():
         return None
-    text = (holder or Holder(host="", pid=0, since=_mtime(path) or time.time())).describe()
+    text = (holder or _unreadable(path)).describe()
     return text + (" [stale: the next run breaks it]" if _is_stale(path, holder, max_age) else "")
 
 
@@ -128,16 +129,17 @@ def _me(command: str | None) -> Holder:
 
 
 def _try_acquire(path: Path, me: Holder, max_age: float) -> Holder | None:
-    """Take the lock; return None when taken, else the live holder. Breaks a stale lock at most once per call."""
+    """Take the lock; return None when taken, else the live holder. Breaks stale locks at most twice per call
+    (a second stale lock right after the first means something odd is going on: report it as busy)."""
     for _ in range(2):
         if _create(path, me):
             return None
         holder = _read(path)
         if not _is_stale(path, holder, max_age):
             # None: being written right now, or gone between create and read; busy either way
-            return holder or Holder(host="", pid=0, since=_mtime(path) or time.time())
+            return holder or _unreadable(path)
         _break(path, holder)
-    return _read(path) or Holder(host="", pid=0, since=time.time())
+    return _read(path) or _unreadable(path)
 
 
 def _create(path: Path, me: Holder) -> bool:
@@ -160,6 +162,11 @@ def _read(path: Path) -> Holder | None:
         return None
 
 
+def _unreadable(path: Path) -> Holder:
+    """Stands for a holder whose lock file is empty, half-written or gone (pid 0: see Holder.describe)."""
+    return Holder(host="", pid=0, since=_mtime(path) or time.time())
+
+
 def _mtime(path: Path) -> float | None:
     try:
         return path.stat().st_mtime
@@ -180,6 +187,8 @@ def _is_stale(path: Path, holder: Holder | None, max_age: float) -> bool:
 
 
 def _alive(pid: int, pid_start: int | None) -> bool:
+    if not isinstance(pid, int) or pid <= 0:  # kill(0) or kill(-1) would signal whole process groups
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
