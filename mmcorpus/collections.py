@@ -91,6 +91,18 @@ def _fetch_one(spec, archive, root: Path, dest: Path, download: Download, delete
 def _from_manual_source(spec, archives: list, dest: Path, source, limits: Limits) -> list[dict]:
     """Manual archives from a user folder or file. Archives are matched by file name; a folder holding
     none of them is taken as already-extracted images and copied (hard-linked when possible)."""
+    done, archives = [], list(archives)
+    for archive in list(archives):
+        marker = read_marker(archive.filename, dest, Mapping.of(archive))
+        if marker is not None:  # extracted by an earlier run: no source needed any more
+            done.append({**marker, "name": archive.key, "status": "done"})
+            archives.remove(archive)
+    if done and not archives:
+        return done
+    return done + _from_source(spec, archives, dest, source, limits)
+
+
+def _from_source(spec, archives: list, dest: Path, source, limits: Limits) -> list[dict]:
     if source is None:
         return [_missing(a, "no --manual-source given") for a in archives] or [
             {"name": spec.name, "status": "missing", "reason": "no --manual-source given"}

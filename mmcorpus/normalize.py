@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,15 +156,16 @@ def _part_worker(args) -> dict:
 
 def _run_parallel(plan: _Plan, staging: Path, ranges) -> list[dict] | None:
     """Range 0 in this process, the others in worker processes; None when any range failed (the caller
-    then redoes the file in one go)."""
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(len(ranges) - 1) as pool:
-        later = pool.map_async(_part_worker, [(plan, staging, i, r) for i, r in enumerate(ranges) if i])
-        parts = [_part_worker((plan, staging, 0, ranges[0]))] + later.get()
+    then redoes the file in one go). ProcessPoolExecutor, not multiprocessing.Pool: a worker killed by the
+    OOM killer raises BrokenProcessPool instead of hanging the run forever."""
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(len(ranges) - 1, mp_context=context) as pool:
+        later = [pool.submit(_part_worker, (plan, staging, i, r)) for i, r in enumerate(ranges) if i]
+        parts = [_part_worker((plan, staging, 0, ranges[0]))] + [f.result() for f in later]
         if any("error" in p for p in parts):
             return None
         _shift_indices(parts)
-        finished = pool.map(_finish_worker, [(plan, staging, p) for p in parts[1:]])
+        finished = list(pool.map(_finish_part, [plan] * len(parts[1:]), [staging] * len(parts[1:]), parts[1:]))
     return parts[:1] + finished
 
 
@@ -175,11 +177,6 @@ def _shift_indices(parts: list[dict]) -> None:
         rejects: Rejects = part["rejects"]
         rejects.examples = {r: [i + offset for i in ex] for r, ex in rejects.examples.items()}
         offset += part["records"]
-
-
-def _finish_worker(args) -> dict:
-    plan, staging, part = args
-    return _finish_part(plan, staging, part)
 
 
 def _finish_part(plan: _Plan, staging: Path, part: dict) -> dict:

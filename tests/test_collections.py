@@ -100,6 +100,8 @@ def test_manual_folder_with_some_tars(sam, root, tmp_path):
     assert [a["status"] for a in summary["archives"]] == ["extracted", "missing"]
     assert summary["missing"] == ["sa_000001.tar"]
     assert sorted(p.name for p in (root / "images/sam/images").glob("sa_*")) == ["sa_1.jpg"]
+    later = fetch_collection(sam, root, http_download)  # no source this time: the extracted tar is still done
+    assert [a["status"] for a in later["archives"]] == ["done", "missing"]
 
 
 def test_manual_single_tar_path(sam, root, tmp_path):

@@ -407,3 +407,31 @@ def test_normalize_url_list_dataset(root):
     assert sub["images"]["missing"] == 4  # the status rows say ok, but no image file is on disk here
     table = pq.read_table(root / "normalized/cc3m/validation-00000.parquet")
     assert table.column("caption").to_pylist()[1] == "photograph of the sign being repaired by brave person"
+
+
+def test_bad_cut_falls_back_to_one_process(root, monkeypatch):
+    import mmcorpus.normalize as normalize_module
+    from mmcorpus.normalizers import llava
+
+    monkeypatch.setattr(normalize_module, "MIN_SPLIT_BYTES", 0)
+    spec = dataset_spec()
+    records = [{"id": i, "image": f"coco/train2017/{i}.jpg", "conversations": GOOD} for i in range(100)]
+    path = place(root, spec, "cap100k", records)
+    inside_a_record = path.read_bytes().index(b'"conversations"', 2000)
+    monkeypatch.setattr(llava, "split_points", lambda p, parts: [0, inside_a_record, None])
+    sub = normalize_dataset(spec, root, workers=2)["subsets"]["cap100k"]
+    assert (sub["parts"], sub["rows"]) == (1, 100)
+    ids = pq.read_table(root / "normalized/sharegpt4v").column("sample_id").to_pylist()
+    assert ids == [f"sharegpt4v/cap100k/{i}" for i in range(100)]
+
+
+def test_truncated_file_in_parallel_mode_gives_the_canonical_error(root, monkeypatch):
+    import mmcorpus.normalize as normalize_module
+
+    monkeypatch.setattr(normalize_module, "MIN_SPLIT_BYTES", 0)
+    spec = dataset_spec()
+    path = place(root, spec, "cap100k", [{"id": i, "conversations": GOOD} for i in range(300)])
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(BadInputError, match=r"truncated or invalid JSON at byte \d+ \(record 29\d\)"):
+        normalize_dataset(spec, root, workers=3)
+    assert not (root / "normalized/sharegpt4v").exists() or not list((root / "normalized/sharegpt4v").iterdir())
