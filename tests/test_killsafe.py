@@ -8,6 +8,7 @@ one check_kill_safe call each.
 from __future__ import annotations
 
 import hashlib
+import json
 import io
 import random
 import sys
@@ -130,3 +131,20 @@ def test_collection_fetch_killed_at_random_points_ends_like_an_uninterrupted_one
         workdir=tmp_path, seeds=SEEDS, ready=lambda run_dir: (run_dir / "downloads").exists(),
     )
     assert any(r.interrupted for r in results), "no kill landed while the fetch was running"
+
+
+def test_extraction_resumes_after_kill_without_rewriting_finished_members(archives, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "pics.zip").hardlink_to(archives / "pics.zip")
+    command = [sys.executable, "-c", EXTRACT, str(tmp_path), "pics.zip"]
+    dest = tmp_path / "images" / "pics"
+
+    def finished() -> list[Path]:
+        return list(dest.rglob("*.jpg"))  # final names only: temporaries end in .mmpart
+
+    assert run_and_kill(command, 0.0, ready=lambda: len(finished()) >= 20)
+    before = {p: p.stat().st_ino for p in finished()}
+    run_to_completion(command)
+    marker = json.loads((dest / ".mmcorpus" / "pics.zip.done").read_text())
+    assert marker["already_present"] == len(before) and marker["extracted"] == len(members()) - len(before)
+    assert all(p.stat().st_ino == ino for p, ino in before.items())  # not rewritten
