@@ -42,7 +42,8 @@ READ_THREADS = 4  # urllist_shards: <shard:05d>.done beside <shard:05d>.parquet,
 def record_run(root: Path, name: str, summary: dict) -> Path:
     """Write `<root>/runs/<name>.json`: the summary of the run that just ended, plus when and where.
 
-    `summary` should hold `exit_code` (int) and may hold `result` (a short word: ok, failed, partial).
+    `summary` is the run's report; `status` shows its `result` (a short word), else `ok` (bool) as ok/failed,
+    else `exit_code`, and its `error` when the run failed.
     Written to a unique temporary name and renamed: a reader never sees half a record, and two runs
     finishing at once leave one whole record, not a mix.
     """
@@ -254,14 +255,24 @@ def _run_cell(run: dict | None) -> str:
     if not run:
         return "-"
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.get("finished_at", 0)))
-    result = run.get("result") or (f"exit {run['exit_code']}" if "exit_code" in run else "?")
-    return f"{when} {result}"
+    return f"{when} {_run_result(run)}"
+
+
+def _run_result(run: dict) -> str:
+    if run.get("result"):
+        return str(run["result"])
+    if "ok" in run:
+        return "ok" if run["ok"] else "failed"
+    return f"exit {run['exit_code']}" if "exit_code" in run else "?"
 
 
 def _details(item: dict) -> list[str]:
     name, out = item["name"], []
     if item["locked_by"]:
         out.append(f"{name}: locked by {item['locked_by']}")
+    run = item["last_run"] or {}
+    if run.get("error"):
+        out.append(f"{name}: last run {_run_result(run)}: {run['error']}")
     for f in item["files"]:
         if f["state"] in ("present", "partial") or f.get("extracted") == "outdated":
             partial = f["state"] == "partial"

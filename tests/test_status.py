@@ -132,6 +132,13 @@ def test_format_status_table(filled_root):
     assert "nothing on disk yet: chat" in lines
 
 
+def test_fetch_report_as_run_record(filled_root):
+    record_run(filled_root, "pics", {"name": "pics", "ok": False, "error": "pics.zip: HTTP 404 (gone)"})
+    lines = format_status(collect_status(REGISTRY, filled_root)).splitlines()
+    assert next(line for line in lines if line.startswith("pics ")).endswith(" failed")
+    assert "pics: last run failed: pics.zip: HTTP 404 (gone)" in lines
+
+
 def test_empty_root(root):
     text = format_status(collect_status(REGISTRY, root))
     assert "nothing on disk yet: cc, chat, pics" in text
