@@ -362,6 +362,67 @@ def _images_line(images: dict) -> str:
     return text
 
 
+# ------------------------------------------------------------------------------------------- status/verify
+
+
+@app.command()
+@_handle_errors
+def status(ctx: typer.Context, name: Annotated[Optional[str], typer.Argument(help="One dataset/collection.")] = None,
+           as_json: JsonOpt = False, root: RootOpt = None, config_dir: ConfigDirOpt = None):
+    """What is on disk: files verified, images ok/failed by reason, bytes, last run."""
+    from mmcorpus.status import collect_status, format_status
+
+    state = _setup(ctx, root, config_dir)
+    registry = state.registry()
+    if name is not None:
+        registry.get(name)  # an unknown name is a usage error, not an empty report
+    report = collect_status(registry, state.resolved_root(), name)
+    text = format_status(report) + _stages_summary(state.resolved_root())
+    _emit(report, as_json, text)
+
+
+def _stages_summary(root: Path) -> str:
+    from mmcorpus.stages import read_manifest
+
+    lines = []
+    for stage in ("pretrain", "finetune"):
+        manifest = read_manifest(root, stage)
+        if manifest:
+            from mmcorpus.report import format_stage_summary
+
+            lines += ["", format_stage_summary(manifest)]
+    return "\n".join(lines)
+
+
+@app.command()
+@_handle_errors
+def verify(ctx: typer.Context, name: Annotated[Optional[str], typer.Argument(help="One dataset/collection.")] = None,
+           repair: Annotated[bool, typer.Option("--repair", help="Move bad files aside and fetch them again.")] = False,
+           workers: Annotated[Optional[int], typer.Option(help="Processes decoding images.")] = None,
+           mirror: Annotated[Optional[list[str]], typer.Option(help="URL prefix rewrite FROM=TO, for --repair.")] = None,
+           as_json: JsonOpt = False, root: RootOpt = None, config_dir: ConfigDirOpt = None, quiet: QuietOpt = False):
+    """Re-check checksums (ignoring caches), archive members and the decodability of every stored image."""
+    from mmcorpus.verifycmd import format_verify, verify_root
+
+    state = _setup(ctx, root, config_dir, quiet)
+    registry = state.registry()
+    if name is not None:
+        registry.get(name)
+    report = verify_root(registry, state.resolved_root(), name, workers=workers, repair=repair)
+    if repair and report.get("refetch"):
+        from mmcorpus.downloaders.http import DownloadOptions
+        from mmcorpus.fetch import FetchOptions, fetch as run_fetch
+        from mmcorpus.urls import UrlRewriter
+
+        options = FetchOptions(root=state.resolved_root(), download=DownloadOptions(rewrite=UrlRewriter.from_args(mirror)))
+        report["repair"] = run_fetch(registry, report["refetch"], options)
+        report["ok"] = report["repair"]["ok"]
+    _emit(report, as_json, format_verify(report) + (
+        "\n" + format_fetch_report(report["repair"]) if report.get("repair") else ""))
+    if not report["ok"]:
+        raise typer.Exit(EXIT_FAILED)
+
+
 # ----------------------------------------------------------------------------------------------------- demo
 
 
