@@ -362,6 +362,49 @@ def _images_line(images: dict) -> str:
     return text
 
 
+# -------------------------------------------------------------------------------------------------- prepare
+
+
+@app.command()
+@_handle_errors
+def prepare(
+    ctx: typer.Context,
+    stage: Annotated[Optional[str], typer.Option(help="pretrain or finetune (configs/stages/).")] = None,
+    mix: Annotated[Optional[Path], typer.Option("--mix", help="Your own mix YAML instead of a built-in stage.")] = None,
+    datasets: Annotated[Optional[str], typer.Option(help="Only these datasets of the mix: a,b:subset.")] = None,
+    fmt: Annotated[Optional[list[str]], typer.Option("--format", help="parquet (always), llava, webdataset; "
+                                                     "repeatable.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of random:N sampling and caption prompts.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if nothing changed.")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="Processes normalizing big JSON files.")] = None,
+    as_json: JsonOpt = False, root: RootOpt = None, config_dir: ConfigDirOpt = None, quiet: QuietOpt = False,
+    verbose: VerboseOpt = 0, log_file: LogFileOpt = None,
+):
+    """Normalize what is fetched and build the stage mix under <root>/stages/<stage>/."""
+    from mmcorpus.prepare import prepare as run_prepare
+    from mmcorpus.report import format_stage_summary
+
+    state = _setup(ctx, root, config_dir, quiet, verbose, log_file)
+    formats = ["parquet", *[f for f in (fmt or []) if f != "parquet"]]
+    result = run_prepare(state.registry(), state.resolved_root(), stage=stage, mix_file=mix,
+                         datasets=[d for d in (datasets or "").split(",") if d] or None, formats=formats,
+                         seed=seed, force=force, config_dirs=state.config_dirs, workers=workers, log=log.info)
+    _emit(result, as_json, _normalize_lines(result["normalize"]) + format_stage_summary(result["manifest"]))
+
+
+def _normalize_lines(normalized: dict) -> str:
+    lines = []
+    for label, report in normalized.items():
+        status = report.get("status")
+        if status == "ok":
+            rejected = report.get("rejected", 0)
+            lines.append(f"normalized {label}: {report.get('rows', 0)} rows"
+                         + (f", {rejected} records rejected" if rejected else ""))
+        else:
+            lines.append(f"normalized {label}: {(status or '?').replace('_', ' ')}")
+    return "\n".join(lines) + ("\n\n" if lines else "")
+
+
 # ------------------------------------------------------------------------------------------- status/verify
 
 

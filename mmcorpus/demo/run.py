@@ -30,6 +30,10 @@ def demo_steps(mirror_args: list[str]) -> list[tuple[str, list[str]]]:
         ("JSON datasets: annotation files, then the image collections they need",
          ["fetch", *JSON_DATASETS, *OPT_IN, *mirror_args]),
         ("A second fetch does nothing but verify", ["fetch", *URL_LIST, *JSON_DATASETS, "--quiet", *mirror_args]),
+        ("Pretrain stage: normalize, mix, deduplicate, export", ["prepare", "--stage", "pretrain", "--format", "llava",
+                                                                  "--format", "webdataset"]),
+        ("Finetune stage", ["prepare", "--stage", "finetune", "--format", "llava"]),
+        ("What is on disk", ["status"]),
     ]
 
 
@@ -75,6 +79,10 @@ def _summary(root: Path, out: Path, plan, failures: list, seconds: float) -> Non
             count = sum(1 for p in path.rglob("*") if p.is_file() and ".mmcorpus" not in p.parts)
             _say(f"  {label:11} {path}  ({count} files)")
     _say(f"  {'demo specs':11} {out / 'specs'}")
+    for stage in ("pretrain", "finetune"):
+        report = root / "stages" / stage / "report.html"
+        if report.exists():
+            _say(f"  {stage + ' report':11} {report}  (open it in a browser)")
     faults = ", ".join(sorted(set(plan.web_faults.values())))
     _say(f"\nPlanted web faults the URL engine had to classify: {faults}.")
     if failures:
