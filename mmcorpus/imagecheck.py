@@ -2,21 +2,28 @@
 its header and run `verify()` (which parses the structure without decoding every pixel).
 
 Images are shared (one COCO picture serves many mix665k and ShareGPT4V records), so results are cached in a
-bounded LRU; uncached paths of a batch are checked by a small thread pool (the work is mostly file I/O, and
-network file systems reward concurrent reads).
+bounded LRU. Uncached paths of a batch are checked in chunks by a process pool when there are many: PIL parses
+headers in Python under the GIL, so threads made it slower (measured: 100k JPEGs, 19 s in one thread, 31 s
+with 8 threads); processes use every core and overlap the reads on network file systems. Workers are forked
+(as in normalize.py and the URL engine): instant start, and no re-import of the caller's __main__.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import stat
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterable
 
 from PIL import Image
 
 REASONS = ("bad_image_path", "image_missing", "image_empty", "image_undecodable")
+POOL_MIN = 512  # uncached paths in one prefetch below this are checked in-process (no pool start-up)
+CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -30,20 +37,20 @@ def safe_relative(path: str) -> bool:
     """Image paths are relative to <root>/images and never climb out of it."""
     if not path or "\\" in path or "\0" in path or path.startswith("/"):
         return False
-    return ".." not in PurePosixPath(path).parts
+    return "/../" not in f"/{path}/"
 
 
-def check_image(images_root: Path, relative: str) -> ImageCheck:
+def check_image(images_root: str | Path, relative: str) -> ImageCheck:
     if not safe_relative(relative):
         return ImageCheck("bad_image_path")
-    path = images_root / relative
+    path = os.path.join(images_root, relative)
     try:
-        size = path.stat().st_size
+        info = os.stat(path)
     except OSError:
         return ImageCheck("image_missing")
-    if not path.is_file():
+    if not stat.S_ISREG(info.st_mode):
         return ImageCheck("image_missing")
-    if size == 0:
+    if info.st_size == 0:
         return ImageCheck("image_empty")
     try:
         with Image.open(path) as image:
@@ -54,14 +61,19 @@ def check_image(images_root: Path, relative: str) -> ImageCheck:
     return ImageCheck(None, width, height)
 
 
-class ImageChecker:
-    """check_image with an LRU cache and a thread pool for prefetching a batch."""
+def check_chunk(images_root: str, paths: list[str]) -> list[ImageCheck]:
+    return [check_image(images_root, p) for p in paths]
 
-    def __init__(self, images_root: Path, *, cache_size: int = 200_000, threads: int = 8):
-        self.images_root = Path(images_root)
+
+class ImageChecker:
+    """check_image with an LRU cache, and a process pool for prefetching the paths of a batch."""
+
+    def __init__(self, images_root: Path, *, cache_size: int = 200_000, workers: int | None = None):
+        self.images_root = str(images_root)
         self.cache_size = cache_size
         self.cache: OrderedDict[str, ImageCheck] = OrderedDict()
-        self.pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
+        self.workers = workers if workers is not None else (os.cpu_count() or 1)
+        self.pool: ProcessPoolExecutor | None = None
 
     def check(self, relative: str) -> ImageCheck:
         hit = self.cache.get(relative)
@@ -74,11 +86,18 @@ class ImageChecker:
 
     def prefetch(self, paths: Iterable[str]) -> None:
         todo = list(dict.fromkeys(p for p in paths if p not in self.cache))
-        if not todo:
-            return
-        results = self.pool.map(lambda p: check_image(self.images_root, p), todo) if self.pool else None
-        for path, result in zip(todo, results or (check_image(self.images_root, p) for p in todo)):
+        if self.workers <= 1 or len(todo) < POOL_MIN:
+            results = check_chunk(self.images_root, todo)
+        else:
+            chunks = [todo[i : i + CHUNK] for i in range(0, len(todo), CHUNK)]
+            results = [r for part in self._pool().map(check_chunk, [self.images_root] * len(chunks), chunks) for r in part]
+        for path, result in zip(todo, results):
             self._remember(path, result)
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
+        return self.pool
 
     def _remember(self, relative: str, result: ImageCheck) -> None:
         self.cache[relative] = result
@@ -86,7 +105,7 @@ class ImageChecker:
             self.cache.popitem(last=False)
 
     def close(self) -> None:
-        if self.pool:
+        if self.pool is not None:
             self.pool.shutdown()
 
     def __enter__(self) -> "ImageChecker":

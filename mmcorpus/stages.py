@@ -270,7 +270,7 @@ def prepare_stage(
     rows_per_shard: int = 500_000,
     row_group_rows: int = 10_000,
     samples_per_tar: int = 10_000,
-    image_threads: int = 8,
+    workers: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Build (or leave as is) <root>/stages/<stage>/ and return its manifest.
@@ -302,7 +302,7 @@ def prepare_stage(
         tmp = final.with_name(f".{name}.tmp-{os.getpid()}")
         try:
             tmp.mkdir(parents=True)
-            manifest = _build(registry, root, tmp, name, mix, entries, missing, options, stamp, image_threads, log)
+            manifest = _build(registry, root, tmp, name, mix, entries, missing, options, stamp, workers, log)
             _swap_in(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -341,7 +341,7 @@ def _locate(root: Path, chosen: Iterable[MixEntry], seed: int) -> tuple[list[Ent
     return entries, missing
 
 
-def _build(registry, root, out, name, mix, entries, missing, options, stamp, image_threads, log) -> dict:
+def _build(registry, root, out, name, mix, entries, missing, options, stamp, workers, log) -> dict:
     from mmcorpus.exports import write_llava_json, write_webdataset
     from mmcorpus.report import write_report
 
@@ -351,7 +351,7 @@ def _build(registry, root, out, name, mix, entries, missing, options, stamp, ima
                          row_group_rows=options["row_group_rows"], metadata=metadata)
     stats = StageStats(options["seed"])
     summaries = []
-    with ImageChecker(images_root, threads=image_threads) as checker:
+    with ImageChecker(images_root, workers=workers) as checker:
         ctx = Context(checker, Deduper(), writer, stats, keep_text_only=mix.text_only == "keep")
         for entry in entries:
             log(f"stage {name}: {entry.label} ({entry.rule})")

@@ -14,6 +14,7 @@ from stage_helpers import caption_row, cc_rows, chat_row, make_image, row, write
 
 from mmcorpus import __version__
 from mmcorpus.errors import EXIT_LOCKED, EXIT_USAGE, ConfigError, LockedError, UsageError
+from mmcorpus.imagecheck import POOL_MIN, ImageCheck, ImageChecker
 from mmcorpus.locks import hold_lock
 from mmcorpus.registry import Registry
 from mmcorpus.sampling import Rule, parse_rule
@@ -343,3 +344,15 @@ def test_a_running_prepare_holds_the_stage_lock(pretrain_root, registry):
     assert info.value.exit_code == EXIT_LOCKED
     assert not (pretrain_root / "stages" / "pretrain").exists()
     prepare_stage(registry, pretrain_root, "pretrain")  # released: the next run goes ahead
+
+
+def test_image_checks_in_the_process_pool_match_in_process(root):
+    paths = [make_image(root, f"coco/train2017/{i:012d}.jpg", size=(30 + i, 20)) for i in range(5)]
+    (root / "images/coco/train2017/empty.jpg").write_bytes(b"")
+    paths += ["coco/train2017/empty.jpg", "/etc/passwd", "a/../../b.jpg"] + [f"coco/missing/{i}.jpg" for i in range(POOL_MIN)]
+    with ImageChecker(root / "images", workers=1) as serial, ImageChecker(root / "images", workers=2) as pooled:
+        pooled.prefetch(paths)
+        assert pooled.pool is not None  # enough paths to use the pool
+        assert [pooled.check(p) for p in paths] == [serial.check(p) for p in paths]
+    assert serial.check(paths[3]) == ImageCheck(None, 33, 20)
+    assert [serial.check(p).reason for p in paths[5:9]] == ["image_empty", "bad_image_path", "bad_image_path", "image_missing"]
