@@ -287,7 +287,7 @@ def _files(manifest: dict) -> str:
 CSS = """
 :root{--fg:#1f2430;--muted:#6b7280;--line:#e5e7eb;--bg:#f6f7f9}
 *{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:var(--fg);background:var(--bg)}
-header{background:#1f2430;color:#fff;padding:20px 32px}header h1{margin:0;font-size:22px}header p{margin:4px 0 0;color:#c9ced6}
+header{background:#1f2430;color:#fff;padding:20px 32px}header code{background:rgba(255,255,255,.14);color:#fff}header h1{margin:0;font-size:22px}header p{margin:4px 0 0;color:#c9ced6}
 main{max-width:1180px;margin:0 auto;padding:20px 32px}
 section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:16px 20px;margin:16px 0}
 h2{font-size:16px;margin:0 0 12px}h3{font-size:13px;color:var(--muted);margin:0 0 6px;font-weight:600}

@@ -233,6 +233,13 @@ def read_manifest(root: Path, stage: str) -> dict | None:
         return None
 
 
+def prepared_stages(root: Path) -> dict[str, dict]:
+    """The manifests of every prepared stage under <root>/stages, by name (for `status`)."""
+    folder = Path(root) / "stages"
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+    return {name: m for name in names if (m := read_manifest(root, name)) is not None}
+
+
 def _recover(final: Path) -> None:
     """Clean up after a prepare that was killed: drop half-built folders; if it died between the two renames
     of the swap, put the previous stage back."""

@@ -19,7 +19,7 @@ from mmcorpus.locks import hold_lock
 from mmcorpus.registry import Registry
 from mmcorpus.sampling import Rule, parse_rule
 from mmcorpus.schema import UNIFIED_SCHEMA
-from mmcorpus.stages import load_mix, prepare_stage, read_manifest, resolve_mix, stage_files
+from mmcorpus.stages import load_mix, prepare_stage, prepared_stages, read_manifest, resolve_mix, stage_files
 
 
 @pytest.fixture(scope="module")
@@ -356,3 +356,10 @@ def test_image_checks_in_the_process_pool_match_in_process(root):
         assert [pooled.check(p) for p in paths] == [serial.check(p) for p in paths]
     assert serial.check(paths[3]) == ImageCheck(None, 33, 20)
     assert [serial.check(p).reason for p in paths[5:9]] == ["image_empty", "bad_image_path", "bad_image_path", "image_missing"]
+
+
+def test_prepared_stages_lists_manifests_for_status(pretrain_root, registry):
+    assert prepared_stages(pretrain_root) == {}
+    manifest = prepare_stage(registry, pretrain_root, "pretrain")
+    (pretrain_root / "stages" / ".pretrain.tmp-1").mkdir()  # leftovers are not stages
+    assert prepared_stages(pretrain_root) == {"pretrain": {k: v for k, v in manifest.items() if k != "unchanged"}}
