@@ -33,10 +33,12 @@ import yaml
 from mmcorpus import __version__
 from mmcorpus.dedup import Deduper
 from mmcorpus.errors import ConfigError, UsageError
+from mmcorpus.exports import write_llava_json, write_webdataset
 from mmcorpus.imagecheck import ImageChecker
-from mmcorpus.registry import NAME_RE, Registry, _Fields, _int, _one_of, _str, config_dirs
-from mmcorpus.sampling import Rule, parse_rule
 from mmcorpus.locks import hold_lock
+from mmcorpus.registry import NAME_RE, Registry, _Fields, _int, _one_of, _str, config_dirs
+from mmcorpus.report import write_report
+from mmcorpus.sampling import Rule, parse_rule
 from mmcorpus.shards import StageWriter
 from mmcorpus.stagebuild import Context, Entry, build_entry
 from mmcorpus.stagestats import StageStats
@@ -263,6 +265,18 @@ def _swap_in(new: Path, final: Path) -> None:
 # ------------------------------------------------------------------------------------------------ prepare
 
 
+@dataclass
+class _Plan:
+    """Everything one prepare run builds from."""
+
+    name: str
+    mix: Mix
+    entries: list[Entry]
+    missing: list[dict]
+    options: dict
+    stamp: str = ""
+
+
 def prepare_stage(
     registry: Registry,
     root: str | Path,
@@ -298,18 +312,19 @@ def prepare_stage(
         raise UsageError(f"nothing fetched for stage {name}: run mmcorpus fetch {fetch} (then prepare again)")
     options = {"formats": formats, "seed": seed, "rows_per_shard": rows_per_shard, "row_group_rows": row_group_rows,
                "samples_per_tar": samples_per_tar, "datasets": [e.label for e in chosen]}
+    plan = _Plan(name, mix, entries, missing, options)
     final = stage_dir(root, name)
     with hold_lock(root, f"stages.{name}", command=f"prepare {name}"):  # exit 75 if another prepare runs
         _recover(final)
-        stamp = fingerprint(root, registry, entries, mix, options)
+        plan.stamp = fingerprint(root, registry, entries, mix, options)
         current = read_manifest(root, name)
-        if not force and current and current.get("fingerprint") == stamp:
+        if not force and current and current.get("fingerprint") == plan.stamp:
             log(f"stage {name}: nothing changed since {current.get('created')}")
             return {**current, "unchanged": True}
         tmp = final.with_name(f".{name}.tmp-{os.getpid()}")
         try:
             tmp.mkdir(parents=True)
-            manifest = _build(registry, root, tmp, name, mix, entries, missing, options, stamp, workers, log)
+            manifest = _build(registry, root, tmp, plan, workers, log)
             _swap_in(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -348,57 +363,63 @@ def _locate(root: Path, chosen: Iterable[MixEntry], seed: int) -> tuple[list[Ent
     return entries, missing
 
 
-def _build(registry, root, out, name, mix, entries, missing, options, stamp, workers, log) -> dict:
-    from mmcorpus.exports import write_llava_json, write_webdataset
-    from mmcorpus.report import write_report
-
+def _build(registry: Registry, root: Path, out: Path, plan: _Plan, workers: int | None, log) -> dict:
+    """Write the whole stage into `out`: parquet shards, exports, report, and the manifest last."""
     images_root = root / "images"
-    metadata = _file_metadata(registry, name, entries, stamp)
-    writer = StageWriter(out / "data", name, rows_per_shard=options["rows_per_shard"],
-                         row_group_rows=options["row_group_rows"], metadata=metadata)
+    options = plan.options
+    writer = StageWriter(out / "data", plan.name, rows_per_shard=options["rows_per_shard"],
+                         row_group_rows=options["row_group_rows"], metadata=_file_metadata(registry, plan))
     stats = StageStats(options["seed"])
     summaries = []
     with ImageChecker(images_root, workers=workers) as checker:
-        ctx = Context(checker, Deduper(), writer, stats, keep_text_only=mix.text_only == "keep")
-        for entry in entries:
-            log(f"stage {name}: {entry.label} ({entry.rule})")
+        ctx = Context(checker, Deduper(), writer, stats, keep_text_only=plan.mix.text_only == "keep", log=log)
+        for entry in plan.entries:
+            log(f"stage {plan.name}: {entry.label} ({entry.rule})")
             summary = build_entry(entry, ctx) | {"spec_version": registry.specs[entry.dataset].version}
             summaries.append(summary | {"upstream": upstream_failures(root, entry.dataset, entry.subset)})
     shards = writer.close()
-    parquet_files = [out / "data" / s["file"] for s in shards]
     outputs = {"parquet": {"folder": "data", "files": shards, "row_group_rows": writer.row_group_rows}}
-    if "llava" in options["formats"]:
-        log(f"stage {name}: writing the LLaVA JSON")
-        outputs["llava"] = write_llava_json(parquet_files, out / "llava" / f"{name}.json", seed=options["seed"]) | {"folder": "llava"}
-    if "webdataset" in options["formats"]:
-        log(f"stage {name}: writing WebDataset shards")
-        outputs["webdataset"] = write_webdataset(parquet_files, out / "webdataset", images_root, stem=name,
-                                                 per_shard=options["samples_per_tar"]) | {"folder": "webdataset"}
-    manifest = _manifest(registry, name, mix, summaries, missing, outputs, stats, options, stamp)
+    outputs.update(_exports(out, [out / "data" / s["file"] for s in shards], images_root, plan, log))
+    manifest = _manifest(registry, plan, summaries, outputs, stats)
     write_report(manifest, out, images_root)
     _write_json(out / MANIFEST, manifest)
     return manifest
 
 
-def _file_metadata(registry: Registry, name: str, entries: list[Entry], stamp: str) -> dict:
+def _exports(out: Path, parquet_files: list[Path], images_root: Path, plan: _Plan, log) -> dict:
+    outputs, options = {}, plan.options
+    if "llava" in options["formats"]:
+        log(f"stage {plan.name}: writing the LLaVA JSON")
+        llava = write_llava_json(parquet_files, out / "llava" / f"{plan.name}.json", seed=options["seed"])
+        outputs["llava"] = llava | {"folder": "llava"}
+    if "webdataset" in options["formats"]:
+        log(f"stage {plan.name}: writing WebDataset shards")
+        tars = write_webdataset(parquet_files, out / "webdataset", images_root, stem=plan.name,
+                                per_shard=options["samples_per_tar"])
+        outputs["webdataset"] = tars | {"folder": "webdataset"}
+    return outputs
+
+
+def _file_metadata(registry: Registry, plan: _Plan) -> dict:
+    """Parquet key/value metadata (DESIGN.md §4, for a mix): the datasets with license and spec version."""
     sources = [{"dataset": e.dataset, "subset": e.subset, "license": registry.specs[e.dataset].license,
                 "spec_version": registry.specs[e.dataset].version, "homepage": registry.specs[e.dataset].homepage}
-               for e in entries]
-    return {"stage": name, "datasets": json.dumps(sources), "fingerprint": stamp}  # + mmcorpus_version (writers)
+               for e in plan.entries]
+    return {"stage": plan.name, "datasets": json.dumps(sources), "fingerprint": plan.stamp}  # + mmcorpus_version
 
 
-def _manifest(registry, name, mix, summaries, missing, outputs, stats, options, stamp) -> dict:
+def _manifest(registry: Registry, plan: _Plan, summaries: list[dict], outputs: dict, stats: StageStats) -> dict:
     drops: dict[str, int] = {}
     for s in summaries:
         for reason, n in s["dropped"].items():
             drops[reason] = drops.get(reason, 0) + n
     return {
-        "stage": name,
+        "stage": plan.name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mmcorpus_version": __version__,
-        "fingerprint": stamp,
-        "mix": mix.to_dict(),
-        "options": options,
+        "fingerprint": plan.stamp,
+        "mix": plan.mix.to_dict(),
+        "options": plan.options,
         "total": {
             "rows": sum(s["rows"] for s in summaries),
             "kept": sum(s["kept"] for s in summaries),
@@ -406,7 +427,7 @@ def _manifest(registry, name, mix, summaries, missing, outputs, stats, options, 
             "dropped": dict(sorted(drops.items(), key=lambda kv: -kv[1])),
         },
         "datasets": summaries,
-        "missing": missing,
+        "missing": plan.missing,
         "spec_versions": {s["dataset"]: registry.specs[s["dataset"]].version for s in summaries},
         "outputs": outputs,
         "stats": stats.to_dict(),

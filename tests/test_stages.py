@@ -289,7 +289,9 @@ def test_datasets_option_picks_entries_of_the_mix(pretrain_root, registry):
 
 
 def test_rerun_with_nothing_changed_does_nothing(pretrain_root, registry):
-    first = prepare_stage(registry, pretrain_root, "pretrain")
+    lines = []
+    first = prepare_stage(registry, pretrain_root, "pretrain", log=lines.append)
+    assert lines[:2] == ["stage pretrain: cc3m/train (all)", "stage pretrain: cc12m/train (all)"]
     data = pretrain_root / "stages/pretrain/data/pretrain-00000.parquet"
     inode = data.stat().st_ino
     again = prepare_stage(registry, pretrain_root, "pretrain")
@@ -319,7 +321,7 @@ def test_failed_prepare_keeps_the_previous_stage(pretrain_root, registry, monkey
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("mmcorpus.report.write_report", broken)
+    monkeypatch.setattr("mmcorpus.stages.write_report", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         prepare_stage(registry, pretrain_root, "pretrain")
     assert sorted(p.name for p in (pretrain_root / "stages/pretrain").rglob("*")) == before
