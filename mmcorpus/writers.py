@@ -1,8 +1,9 @@
 """Parquet shard writer for unified rows: bounded memory, row groups sized for training readers, atomic files.
 
-Rows (dicts with the UNIFIED_SCHEMA names) are appended to per-column Python lists; every `row_group_size`
-rows the lists become Arrow arrays in one call per column and are written as one row group, so memory holds at
-most one row group of Python objects. A shard is closed after `rows_per_shard` rows. Each file is written
+Rows come as Arrow record batches (`write_batch`, what normalizers produce) or as dicts with the UNIFIED_SCHEMA
+names (`write`: appended to per-column Python lists that become Arrow arrays in one call per column). Either
+way they are gathered into row groups of exactly `row_group_size` rows (the last one of a shard may be
+shorter), so memory holds at most one row group. A shard is closed after `rows_per_shard` rows. Each file is written
 under a temporary name in the same folder and renamed when complete, so a reader (or a killed run) never sees
 a half-written `<subset>-NNNNN.parquet`.
 
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 import mmcorpus
 from mmcorpus.schema import TURN_TYPE, UNIFIED_SCHEMA
 
-ROW_GROUP_SIZE = 20_000  # training readers read a row group at a time; 10k-50k rows keeps that at ~10-60 MB
+ROW_GROUP_SIZE = 10_000  # training readers read a row group at a time; 10k rows of LLaVA text is ~15 MB
 ROWS_PER_SHARD = 500_000
 COMPRESSION = "zstd"
 PART_SUFFIX = ".mmpart"
@@ -63,6 +64,8 @@ class ShardWriter:
         self._writer: pq.ParquetWriter | None = None
         self._tmp: Path | None = None
         self._shard_rows = 0
+        self._pending: list[pa.RecordBatch] = []  # Arrow rows not yet written, fewer than a row group
+        self._pending_rows = 0
         self._reset_buffer()
 
     # -------------------------------------------------------------------------------------------- public
@@ -74,17 +77,14 @@ class ShardWriter:
         self._roles.extend([turn["role"] for turn in turns])
         self._contents.extend([turn["content"] for turn in turns])
         self._offsets.append(len(self._roles))
-        if len(self._offsets) - 1 >= min(self.row_group_size, self.rows_per_shard - self._shard_rows):
+        if len(self._offsets) - 1 >= self._group_limit():
             self._flush()
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
-        """Write rows that are already Arrow (UNIFIED_SCHEMA columns), cut at row-group and shard limits."""
+        """Add rows that are already Arrow (UNIFIED_SCHEMA columns). Batches of any size are gathered into
+        full row groups (small input batches keep the caller's memory low without making small groups)."""
         self._flush()
-        start = 0
-        while start < batch.num_rows:
-            count = min(self.row_group_size, self.rows_per_shard - self._shard_rows, batch.num_rows - start)
-            self._write_group(batch.slice(start, count).replace_schema_metadata(self.schema.metadata))
-            start += count
+        self._add(batch)
 
     def write_all(self, rows) -> "ShardWriter":
         for row in rows:
@@ -94,6 +94,8 @@ class ShardWriter:
     def close(self) -> list[Path]:
         """Write what is buffered, finish the open shard; returns the files written."""
         self._flush()
+        if self._pending_rows:
+            self._write_group(self._take(self._pending_rows))
         self._finish_shard()
         return self.files
 
@@ -135,17 +137,34 @@ class ShardWriter:
             return
         batch = self._batch()
         self._reset_buffer()
-        self._write_group(batch)
+        self._add(batch)
 
-    def _write_group(self, batch: pa.RecordBatch) -> None:
+    def _group_limit(self) -> int:
+        return min(self.row_group_size, self.rows_per_shard - self._shard_rows)
+
+    def _add(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows:
+            self._pending.append(batch)
+            self._pending_rows += batch.num_rows
+        while self._pending_rows >= self._group_limit():
+            self._write_group(self._take(self._group_limit()))
+
+    def _take(self, count: int) -> pa.Table:
+        """The first `count` pending rows as one table; the rest stays pending."""
+        table = pa.Table.from_batches(self._pending, schema=self._pending[0].schema)
+        rest = table.slice(count)
+        self._pending, self._pending_rows = rest.to_batches(), rest.num_rows
+        return table.slice(0, count).replace_schema_metadata(self.schema.metadata)
+
+    def _write_group(self, table: pa.Table) -> None:
         if self._writer is None:
             self._open_shard()
         if self.fmt == "parquet":
-            self._writer.write_batch(batch, row_group_size=batch.num_rows)
+            self._writer.write_table(table, row_group_size=table.num_rows)
         else:
-            self._writer.write_batch(batch)
-        self._shard_rows += batch.num_rows
-        self.rows += batch.num_rows
+            self._writer.write_table(table)
+        self._shard_rows += table.num_rows
+        self.rows += table.num_rows
         if self._shard_rows >= self.rows_per_shard:
             self._finish_shard()
 

@@ -166,7 +166,7 @@ def tree_pss_kib(pid: int) -> int:
     return total
 
 
-def sample_peak(pid: int, stop: threading.Event, out: dict, every: float = 0.05) -> None:
+def sample_peak(pid: int, stop: threading.Event, out: dict, every: float = 0.2) -> None:
     while not stop.wait(every):
         out["peak"] = max(out.get("peak", 0), tree_pss_kib(pid))
 
@@ -231,6 +231,20 @@ def report(json_path: Path, workdir: Path) -> None:
           f"{ratio['peak_pss_mb']:11.3f}x   (target: <= 0.5x wall time, <= 0.1x memory)")
     print(f"CPUs: {os.cpu_count()}, load average before the runs: {load:.1f}")
     print(f"mmcorpus rejected: {ours['rejected']}")
+    parse_only(json_path)
+
+
+def parse_only(json_path: Path) -> None:
+    """Why the normalizer does not use ijson: CPU seconds to parse the file record by record."""
+    import ijson
+
+    from mmcorpus.normalizers.jsonarray import iter_json_array
+
+    for name, records in (("json C scanner (mmcorpus)", lambda: iter_json_array(json_path)),
+                          (f"ijson.items ({ijson.backend})", lambda: ijson.items(open(json_path, "rb"), "item"))):
+        start = time.process_time()
+        count = sum(1 for _ in records())
+        print(f"parse only, {name}: {time.process_time() - start:.1f} s CPU for {count} records")
 
 
 if __name__ == "__main__":

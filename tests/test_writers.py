@@ -76,3 +76,16 @@ def test_arrow_batches_and_spill_format(tmp_path):
         writer.write_batch(spilled.to_batches()[0])
     assert writer.rows == 8 and [pq.read_metadata(p).num_rows for p in writer.files] == [5, 3]
     assert pq.read_table(writer.files[0]).column("sample_id").to_pylist() == ["d/s/100", "d/s/0", "d/s/1", "d/s/2", "d/s/3"]
+
+
+def test_small_batches_are_gathered_into_full_row_groups(tmp_path):
+    writer = ShardWriter(tmp_path, "s", row_group_size=10, rows_per_shard=25)
+    for k in range(10):
+        rows = [{**row(3 * k + i), "image_url": None} for i in range(3)]
+        writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=UNIFIED_SCHEMA))
+    files = writer.close()
+    groups = [[pq.ParquetFile(f).metadata.row_group(i).num_rows for i in range(pq.ParquetFile(f).metadata.num_row_groups)]
+              for f in files]
+    assert groups == [[10, 10, 5], [5]]
+    ids = pa.concat_tables(pq.read_table(f) for f in files).column("sample_id").to_pylist()
+    assert ids == [f"d/s/{i}" for i in range(30)]

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 from mmcorpus.errors import BadInputError
 
-CHUNK = 4 << 20
+CHUNK = 1 << 20
 MAX_RECORD = 256 << 20  # no real record is near this; a larger "record" is a broken file, not a reason to OOM
 _WS = re.compile(r"[ \t\n\r]*")
 _WS_CHARS = " \t\n\r"

@@ -37,7 +37,7 @@ from mmcorpus.normalizers.jsonarray import iter_json_array
 from mmcorpus.resolve import UNSAFE_PATH_PATTERN
 from mmcorpus.schema import TURN_TYPE, UNIFIED_SCHEMA
 
-BATCH = 10_000
+BATCH = 2_000  # records per Arrow batch: ~10 MB of Python objects; the writer gathers row groups
 IMAGE_TOKEN = "<image>"
 RAW_TURNS = pa.list_(pa.struct([pa.field("from", pa.string()), pa.field("value", pa.string())]))
 SOURCE_ROLES = pa.array(["human", "gpt"])
