@@ -41,6 +41,7 @@ class Route:
     ignore_range: bool = False  # answer 200 with the whole body even when a Range was asked for
     cut_after: int | None = None  # send the headers and this many body bytes, then drop the connection
     delay: float = 0.0  # sleep before answering (timeouts)
+    drip: float = 0.0  # send the body 1 KB at a time, sleeping this long in between (a slow-drip server)
     html: bool = False  # answer 200 text/html with a small page (an expired link, a viewer page)
     gdrive_confirm: bool = False  # Google Drive: a virus-scan page until the request carries confirm=
     confirm_action: str | None = None  # where that page's form points (default: the same path here)
@@ -202,6 +203,17 @@ def _make_handler(mirror: LocalMirror):
                 self.wfile.write(body[: route.cut_after])
                 self.wfile.flush()
                 self.close_connection = True
+                return
+            if route.drip and not head:
+                # Each piece arrives well within any socket timeout: only a total deadline ends this.
+                self._send_headers(status, len(body), headers)
+                try:
+                    for offset in range(0, len(body), 1024):
+                        self.wfile.write(body[offset : offset + 1024])
+                        self.wfile.flush()
+                        time.sleep(route.drip)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
                 return
             self._send(status, body, headers, head)
 

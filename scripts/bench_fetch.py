@@ -1,0 +1,356 @@
+#!/usr/bin/env python3
+"""Benchmark the URL-list engine against img2dataset 1.47 on the same machine, corpus and server.
+
+    python scripts/bench_fetch.py [--n 10000] [--workers 2] [--install-img2dataset] [--modes resize,original]
+
+What it does:
+1. Generates (once, cached under --work) a synthetic corpus of web-typical JPEGs, 320x240 to 1600x1200,
+   ~100 KB mean, plus a few % faulty URLs: 404s, 410s, truncated JPEGs (corrupt) and HTML pages (not_image).
+2. Serves it on 127.0.0.1 with nginx when installed (`apt-get install -y nginx`), else with
+   mmcorpus.localmirror (much slower: the figures are then bounded by the server).
+3. Times, in the same run, `img2dataset` (from its own venv, --i2d-venv; `--install-img2dataset` creates it
+   with `pip install img2dataset==1.47`, never in this environment: it pins old packages) and mmcorpus,
+   both with --workers processes, with resize 256 (shorter side, aspect kept: img2dataset's keep_ratio) and
+   with the original bytes. Wall time of each whole command, process start included.
+4. Checks that mmcorpus classified every faulty URL as expected and every good one as ok.
+Prints one table; `--json FILE` writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+FAULTS = {  # share of the corpus -> the error mmcorpus must report
+    "missing": ("not_found", 0.01),
+    "gone": ("not_found", 0.005),  # nginx answers 410 under /gone/
+    "truncated": ("corrupt", 0.01),
+    "html": ("not_image", 0.01),
+}
+SIZES = [(320, 240), (480, 360), (640, 480), (800, 600), (1024, 768), (1280, 960), (1600, 1200), (600, 800), (768, 1024)]
+SIZE_WEIGHTS = [8, 12, 20, 22, 16, 10, 6, 4, 2]
+DISTINCT_IMAGES = 240  # generated pictures; each file is still unique (a JPEG comment carries its index)
+
+
+# ------------------------------------------------------------------------------------------------- corpus
+
+
+def _picture(rng: random.Random, width: int, height: int) -> bytes:
+    """A photo-like JPEG: smooth colour fields, shapes and sensor-like noise (compresses like a photo)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    nrng = np.random.default_rng(rng.randrange(1 << 30))
+    small = nrng.integers(0, 255, (max(2, height // 60), max(2, width // 60), 3), dtype=np.uint8)
+    base = Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(base)
+    for _ in range(20):
+        x, y, r = rng.randrange(width), rng.randrange(height), rng.randrange(5, max(6, width // 4))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(rng.randrange(256) for _ in range(3)))
+    noisy = np.asarray(base).astype(np.int16) + nrng.normal(0, 6, (height, width, 3)).astype(np.int16)
+    out = io.BytesIO()
+    Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(out, "JPEG", quality=rng.choice([80, 85, 88, 90]))
+    return out.getvalue()
+
+
+def _with_comment(jpeg: bytes, text: str) -> bytes:
+    payload = text.encode()
+    return jpeg[:2] + b"\xff\xfe" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
+
+
+def build_corpus(work: Path, n: int, seed: int = 0) -> dict:
+    """Files under work/www, the URL list (paths) and the expected outcome of each row. Cached by n/seed."""
+    manifest_path = work / f"manifest-{n}-{seed}.json"
+    if manifest_path.exists():
+        return json.loads(manifest_path.read_text())
+    rng = random.Random(seed)
+    www = work / "www"
+    shutil.rmtree(www, ignore_errors=True)
+    (www / "img").mkdir(parents=True)
+    (www / "gone").mkdir()
+    print(f"generating {DISTINCT_IMAGES} pictures for {n} files ...", file=sys.stderr, flush=True)
+    pictures = [_picture(rng, *rng.choices(SIZES, SIZE_WEIGHTS)[0]) for _ in range(DISTINCT_IMAGES)]
+    rows, expected, total = [], [], 0
+    for i in range(n):
+        kind = _kind(rng)
+        name = f"{i:06d}.jpg"
+        data = _with_comment(pictures[rng.randrange(len(pictures))], f"bench {i}")
+        if kind == "missing":
+            path = f"/img/missing-{name}"
+        elif kind == "gone":
+            path = f"/gone/{name}"
+        else:
+            path = f"/img/{name}"
+            if kind == "truncated":
+                data = data[: len(data) // 2]
+            elif kind == "html":
+                data = b"<!DOCTYPE html><html><body>This page has moved</body></html>\n"
+            (www / "img" / name).write_bytes(data)
+            total += len(data) if kind == "ok" else 0
+        rows.append(path)
+        expected.append(FAULTS[kind][0] if kind in FAULTS else "ok")
+    manifest = {"paths": rows, "expected": expected, "mean_bytes": total / max(1, expected.count("ok"))}
+    manifest_path.write_text(json.dumps(manifest))
+    return manifest
+
+
+def _kind(rng: random.Random) -> str:
+    draw, edge = rng.random(), 0.0
+    for kind, (_, share) in FAULTS.items():
+        edge += share
+        if draw < edge:
+            return kind
+    return "ok"
+
+
+def write_lists(work: Path, manifest: dict, base_url: str) -> tuple[Path, Path]:
+    """CC3M-style list for mmcorpus (caption TAB url, no header); the same with a header for img2dataset."""
+    ours, theirs = work / "list.tsv", work / "list_i2d.tsv"
+    lines = [f"synthetic picture {i}\t{base_url}{path}" for i, path in enumerate(manifest["paths"])]
+    ours.write_text("\n".join(lines) + "\n")
+    theirs.write_text("caption\turl\n" + "\n".join(lines) + "\n")
+    return ours, theirs
+
+
+# ------------------------------------------------------------------------------------------------- server
+
+NGINX_CONF = """
+worker_processes {workers};
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log error;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    types {{ image/jpeg jpg; }}
+    default_type application/octet-stream;
+    client_body_temp_path {work}/tmp;
+    proxy_temp_path {work}/tmp;
+    fastcgi_temp_path {work}/tmp;
+    uwsgi_temp_path {work}/tmp;
+    scgi_temp_path {work}/tmp;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {www};
+        location /gone/ {{ return 410; }}
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """nginx on a free port when installed, else mmcorpus.localmirror (with a warning)."""
+
+    def __init__(self, work: Path, nginx_workers: int):
+        self.work, self.port, self.process, self.mirror = work, free_port(), None, None
+        nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+        if nginx:
+            (work / "tmp").mkdir(exist_ok=True)
+            conf = work / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(workers=nginx_workers, work=work, port=self.port, www=work / "www"))
+            self.process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(work), "-g", "daemon off;"])
+            self.kind = f"nginx ({nginx_workers} worker processes)"
+        else:
+            from mmcorpus.localmirror import LocalMirror, Route
+
+            print("nginx not found (apt-get install -y nginx): using mmcorpus.localmirror", file=sys.stderr)
+            self.mirror = LocalMirror(work / "www", port=self.port).start()
+            self.kind = "mmcorpus.localmirror (nginx not installed)"
+            self._script_gone(Route)
+        self._wait_ready()
+
+    def _script_gone(self, route_cls) -> None:
+        """localmirror has no location rules: script the 410s path by path."""
+        manifest = json.loads(sorted(self.work.glob("manifest-*.json"))[-1].read_text())
+        for path in manifest["paths"]:
+            if path.startswith("/gone/"):
+                self.mirror.add(path, route_cls(status=410))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _wait_ready(self) -> None:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("the benchmark server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+        if self.mirror is not None:
+            self.mirror.stop()
+
+
+# --------------------------------------------------------------------------------------------------- runs
+
+MMCORPUS_RUN = """
+import json, sys
+from pathlib import Path
+from mmcorpus.registry import Spec
+from mmcorpus.downloaders.urllist import UrlListOptions, fetch_url_list
+args = json.loads(sys.argv[1])
+spec = Spec(name="bench", kind="dataset", source=Path("bench"), format_columns=("caption", "url"))
+options = UrlListOptions(workers=args["workers"], threads=args["threads"], resize=args["resize"],
+                         shard_size=args["shard_size"], mirror_hosts=frozenset({"127.0.0.1"}), progress=False,
+                         host_connections=args["threads"])
+summary = fetch_url_list(spec, "train", args["tsv"], args["root"], options)
+print(json.dumps(summary.to_dict()))
+"""
+
+
+def run_mmcorpus(tsv: Path, root: Path, workers: int, threads: int, resize: int | None, shard_size: int) -> dict:
+    shutil.rmtree(root, ignore_errors=True)
+    args = dict(tsv=str(tsv), root=str(root), workers=workers, threads=threads, resize=resize, shard_size=shard_size)
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", MMCORPUS_RUN, json.dumps(args)], cwd=REPO, check=True,
+                         capture_output=True, text=True)
+    seconds = time.monotonic() - started
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"seconds": seconds, "ok": summary["ok"], "failed": summary["failed"], "summary": summary}
+
+
+def run_img2dataset(venv: Path, tsv: Path, out: Path, workers: int, threads: int, resize: int | None,
+                    shard_size: int) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    resize_args = (["--image_size", str(resize), "--resize_mode", "keep_ratio"] if resize
+                   else ["--resize_mode", "no", "--skip_reencode", "True"])
+    command = [str(venv / "bin" / "img2dataset"), "--url_list", str(tsv), "--input_format", "tsv",
+               "--url_col", "url", "--caption_col", "caption", "--output_format", "files",
+               "--output_folder", str(out), "--processes_count", str(workers), "--thread_count", str(threads),
+               "--number_sample_per_shard", str(shard_size), "--timeout", "10", "--retries", "0",
+               "--enable_wandb", "False", "--distributor", "multiprocessing", *resize_args]
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    started = time.monotonic()
+    subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+    seconds = time.monotonic() - started
+    ok = sum(json.loads(p.read_text()).get("successes", 0) for p in out.glob("*_stats.json"))
+    return {"seconds": seconds, "ok": ok, "command": " ".join(command)}
+
+
+def install_img2dataset(venv: Path) -> None:
+    """img2dataset 1.47 in its own venv: it pins old packages that must not touch this environment."""
+    if (venv / "bin" / "img2dataset").exists():
+        return
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "img2dataset==1.47"], check=True)
+
+
+def check_classification(root: Path, manifest: dict) -> list[str]:
+    """Every row's outcome against the corpus's truth; returns the mismatches."""
+    import pyarrow.parquet as pq
+
+    got = {}
+    for parquet in (root / "images" / "bench" / "train").glob("*.parquet"):
+        for row in pq.read_table(parquet, columns=["key", "status", "error"]).to_pylist():
+            got[int(row["key"])] = "ok" if row["status"] == "ok" else row["error"]
+    return [f"row {i}: expected {want}, got {got.get(i)}"
+            for i, want in enumerate(manifest["expected"]) if got.get(i) != want]
+
+
+# ----------------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=64, help="per process, for both tools")
+    parser.add_argument("--shard-size", type=int, default=1000, help="rows per shard, for both tools")
+    parser.add_argument("--modes", default="resize,original")
+    parser.add_argument("--nginx-workers", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/mmcorpus-bench"))
+    parser.add_argument("--out", type=Path, default=Path("/dev/shm/mmcorpus-bench-out") if Path("/dev/shm").is_dir()
+                        else None, help="where both tools write (default: tmpfs, so that the disk is not measured)")
+    parser.add_argument("--i2d-venv", type=Path, default=Path("/tmp/i2d-venv"))
+    parser.add_argument("--install-img2dataset", action="store_true")
+    parser.add_argument("--skip-img2dataset", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    out = args.out or args.work
+    out.mkdir(parents=True, exist_ok=True)
+
+    manifest = build_corpus(args.work, args.n)
+    have_i2d = False
+    if not args.skip_img2dataset:
+        if args.install_img2dataset:
+            try:
+                install_img2dataset(args.i2d_venv)
+            except subprocess.CalledProcessError as exc:
+                print(f"img2dataset could not be installed: {exc}", file=sys.stderr)
+        have_i2d = (args.i2d_venv / "bin" / "img2dataset").exists()
+        if not have_i2d:
+            print("img2dataset not available (use --install-img2dataset): mmcorpus figures only", file=sys.stderr)
+
+    server = Server(args.work, args.nginx_workers)
+    results: dict = {"n": args.n, "workers": args.workers, "threads": args.threads, "server": server.kind,
+                     "cpus": os.cpu_count(), "mean_jpeg_bytes": round(manifest["mean_bytes"]),
+                     "faulty": len(manifest["expected"]) - manifest["expected"].count("ok"), "modes": {}}
+    try:
+        ours_tsv, their_tsv = write_lists(args.work, manifest, server.url)
+        subprocess.run(["cat", *map(str, (args.work / "www" / "img").glob("00*.jpg"))], stdout=subprocess.DEVNULL)
+        for mode in args.modes.split(","):
+            resize = 256 if mode == "resize" else None
+            entry = {}
+            if have_i2d:
+                entry["img2dataset"] = run_img2dataset(args.i2d_venv, their_tsv, out / "i2d", args.workers,
+                                                       args.threads, resize, args.shard_size)
+            entry["mmcorpus"] = run_mmcorpus(ours_tsv, out / "mm", args.workers, args.threads, resize,
+                                             args.shard_size)
+            entry["mmcorpus"]["mismatches"] = check_classification(out / "mm", manifest)
+            for tool in entry.values():
+                tool["images_per_s"] = round(tool["ok"] / tool["seconds"], 1)
+            if have_i2d:
+                entry["ratio"] = round(entry["mmcorpus"]["images_per_s"] / entry["img2dataset"]["images_per_s"], 2)
+            results["modes"][mode] = entry
+    finally:
+        server.stop()
+        for leftover in ("i2d", "mm"):
+            shutil.rmtree(out / leftover, ignore_errors=True)
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def report(results: dict) -> None:
+    print(f"N={results['n']}  workers={results['workers']}  threads={results['threads']}  cpus={results['cpus']}  "
+          f"server={results['server']}  mean JPEG {results['mean_jpeg_bytes'] / 1000:.0f} KB  "
+          f"faulty URLs {results['faulty']}")
+    print(f"{'mode':<10} {'img2dataset img/s':>18} {'mmcorpus img/s':>15} {'ratio':>7}  classification")
+    for mode, entry in results["modes"].items():
+        theirs = entry.get("img2dataset", {}).get("images_per_s")
+        mismatches = entry["mmcorpus"]["mismatches"]
+        verdict = "all rows as expected" if not mismatches else f"{len(mismatches)} WRONG, e.g. {mismatches[:3]}"
+        print(f"{mode:<10} {theirs if theirs is not None else '-':>18} {entry['mmcorpus']['images_per_s']:>15} "
+              f"{entry.get('ratio', '-'):>7}  {verdict}")
+
+
+if __name__ == "__main__":
+    main()
