@@ -272,6 +272,12 @@ def _stream_body(response: requests.Response, spec_url: str, spec: FileSpec, par
     if offset:
         digests.feed_file(part, offset)
     expected_total = _expected_total(response, offset)
+    if expected_total and not spec.size:
+        # Specs without a size (COCO's zip) escape fetch's free-space check: check once the server says.
+        from mmcorpus.diskspace import MIN_MARGIN, ensure_free_space
+
+        ensure_free_space(part.parent, expected_total - offset, what=label,
+                          min_margin=min(MIN_MARGIN, expected_total - offset))
     chunks = response.iter_content(CHUNK)
     written = offset
     progress = None
