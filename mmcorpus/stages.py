@@ -198,7 +198,7 @@ def _stat(path: Path, base: Path) -> list:
     return [str(path.relative_to(base)), st.st_size, st.st_mtime_ns]
 
 
-def _image_state(root: Path, registry: Registry, dataset: str, subset: str) -> list:
+def image_state(root: Path, registry: Registry, dataset: str, subset: str) -> list:
     """What tells that images were added since: collection extraction markers, URL-list shard files/markers.
     (Images copied in by hand without a marker are not noticed: use force=True.)"""
     spec = registry.specs[dataset]
@@ -209,9 +209,12 @@ def _image_state(root: Path, registry: Registry, dataset: str, subset: str) -> l
     return [_stat(p, images) for folder in folders if folder.is_dir() for p in sorted(folder.iterdir()) if p.is_file()]
 
 
+_image_state = image_state  # the name prepare.py imports today
+
+
 def fingerprint(root: Path, registry: Registry, entries: list[Entry], mix: Mix, options: dict) -> str:
     state = {
-        "inputs": [[e.label, [_stat(p, Path(root)) for p in e.files], _image_state(root, registry, e.dataset, e.subset)] for e in entries],
+        "inputs": [[e.label, [_stat(p, Path(root)) for p in e.files], image_state(root, registry, e.dataset, e.subset)] for e in entries],
         "mix": mix.to_dict() | {"source": None},
         "options": options,
         "mmcorpus": __version__,
