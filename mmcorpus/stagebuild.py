@@ -119,9 +119,7 @@ class _Selector:
         rows = _Rows(batch)
         times = [self._times(sid) for sid in rows.ids]
         wanted = [p for p, t in zip(rows.paths, times) if t and p is not None]
-        if self.rule.kind == "first":
-            wanted = wanted[: self.rule.n - self.sampled]
-        self.ctx.checker.prefetch(wanted)
+        self.ctx.checker.prefetch(wanted[: self.rule.n - self.sampled] if self.rule.kind == "first" else wanted)
         take, new_ids, sizes = [], [], {}
         for i, sid in enumerate(rows.ids):
             if self.done:
@@ -129,10 +127,7 @@ class _Selector:
             self.counts["read"] += 1
             if not times[i]:
                 continue
-            reason, check = _unusable(rows.paths[i], rows.urls[i], self.ctx)
-            if reason is None:
-                self.sampled += 1
-                reason = self.ctx.dedup.check_and_add(rows.urls[i], rows.paths[i], rows.captions[i], rows.conversations[i])
+            reason, check = self._verdict(rows, i)
             if reason:
                 self.counts[reason] += 1
                 continue
@@ -145,6 +140,14 @@ class _Selector:
         self.kept += len(take)
         if take:
             self.ctx.writer.write(_output(batch, take, new_ids, sizes))
+
+    def _verdict(self, rows: _Rows, i: int) -> tuple[str | None, ImageCheck | None]:
+        """Why a row the rule picked is dropped (None: kept): steps 2 and 3; and its image check."""
+        reason, check = _unusable(rows.paths[i], rows.urls[i], self.ctx)
+        if reason is None:
+            self.sampled += 1
+            reason = self.ctx.dedup.check_and_add(rows.urls[i], rows.paths[i], rows.captions[i], rows.conversations[i])
+        return reason, check
 
     def summary(self, rows_total: int) -> dict:
         dropped = {k: v for k, v in sorted(self.counts.items()) if k != "read"}
