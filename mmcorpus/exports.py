@@ -56,7 +56,8 @@ def stage_rows(parquet_files: list[Path], batch_size: int = 4096) -> Iterator[di
 
 
 def brief_prompt(seed: int, sample_id: str) -> str:
-    return BRIEF_PROMPTS[priority(seed, sample_id) % len(BRIEF_PROMPTS)]
+    # hashed apart from random:N's priority, so which rows were sampled does not skew the prompts they get
+    return BRIEF_PROMPTS[priority(seed, "prompt:" + sample_id) % len(BRIEF_PROMPTS)]
 
 
 def llava_record(row: dict, seed: int) -> dict:
