@@ -75,6 +75,7 @@ class StageWriter:
             self.writer.write_batch(pa.Table.from_batches(self.pending).combine_chunks().to_batches()[0])
         files = self.writer.close()
         if not files:
+            self.writer.out_dir.mkdir(parents=True, exist_ok=True)  # ShardWriter makes it only for its first row
             path = self.writer.out_dir / f"{self.writer.subset}-00000.parquet"
             pq.write_table(self.writer.schema.empty_table(), path)
             files = [path]

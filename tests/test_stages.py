@@ -365,3 +365,13 @@ def test_prepared_stages_lists_manifests_for_status(pretrain_root, registry):
     manifest = prepare_stage(registry, pretrain_root, "pretrain")
     (pretrain_root / "stages" / ".pretrain.tmp-1").mkdir()  # leftovers are not stages
     assert prepared_stages(pretrain_root) == {"pretrain": {k: v for k, v in manifest.items() if k != "unchanged"}}
+
+
+def test_a_stage_where_nothing_is_usable_still_has_a_readable_shard_and_report(root, registry):
+    write_normalized(root, "cc3m", "train", [caption_row("cc3m", "train", 0, "cc3m/train/00000/gone.jpg", "x", url="u")])
+    manifest = prepare_stage(registry, root, "pretrain", formats=["llava", "webdataset"])
+    assert manifest["total"]["kept"] == 0 and manifest["total"]["dropped"] == {"image_missing": 1}
+    (shard,) = (root / "stages/pretrain/data").glob("*.parquet")
+    assert pq.read_table(shard).num_rows == 0 and pq.read_schema(shard).remove_metadata().equals(UNIFIED_SCHEMA)
+    assert json.loads((root / "stages/pretrain/llava/pretrain.json").read_text()) == []
+    assert "samples kept" in (root / "stages/pretrain/report.html").read_text()
