@@ -7,13 +7,14 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from stage_helpers import caption_row, cc_rows, chat_row, make_image, row, write_normalized
 
 from mmcorpus import __version__
-from mmcorpus.errors import EXIT_LOCKED, EXIT_USAGE, ConfigError, LockedError, UsageError
+from mmcorpus.errors import EXIT_LOCKED, EXIT_USAGE, BadInputError, ConfigError, LockedError, UsageError
 from mmcorpus.imagecheck import POOL_MIN, ImageCheck, ImageChecker
 from mmcorpus.locks import hold_lock
 from mmcorpus.registry import Registry
@@ -375,3 +376,14 @@ def test_a_stage_where_nothing_is_usable_still_has_a_readable_shard_and_report(r
     assert pq.read_table(shard).num_rows == 0 and pq.read_schema(shard).remove_metadata().equals(UNIFIED_SCHEMA)
     assert json.loads((root / "stages/pretrain/llava/pretrain.json").read_text()) == []
     assert "samples kept" in (root / "stages/pretrain/report.html").read_text()
+
+
+def test_a_normalized_file_outside_the_schema_is_bad_input(pretrain_root, registry):
+    prepare_stage(registry, pretrain_root, "pretrain")
+    bad = pretrain_root / "normalized/cc12m/train-00001.parquet"
+    pq.write_table(pa.table({"sample_id": ["cc12m/train/99"], "caption": ["no other columns"]}), bad)
+    with pytest.raises(BadInputError) as info:
+        prepare_stage(registry, pretrain_root, "pretrain")
+    assert str(bad) in str(info.value) and "no column 'dataset'" in str(info.value)
+    assert info.value.exit_code == EXIT_USAGE
+    assert read_manifest(pretrain_root, "pretrain")["total"]["kept"] == 14  # the stage before is intact
