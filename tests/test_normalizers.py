@@ -385,9 +385,12 @@ def test_parallel_ranges_give_the_same_rows_as_one_process(root, monkeypatch):
     assert three["rejects"]["role_order"]["examples"] == [0, 9, 18, 27, 36]
 
 
-def test_missing_annotation_file_is_reported(root):
+def test_missing_inputs_are_reported(root):
     report = normalize_dataset(dataset_spec(), root)
     assert report["subsets"]["cap100k"]["status"] == "not_downloaded"
+    cc3m = parse_spec({"name": "cc3m", "kind": "dataset", "format": {"type": "tsv", "columns": ["caption", "url"]},
+                       "files": {"train": {"url": "https://example.org/t.tsv"}}}, Path("cc3m.yaml"))
+    assert normalize_dataset(cc3m, root)["subsets"]["train"]["status"] == "not_downloaded"  # no status shards
 
 
 def test_dataset_image_paths_for_fetch_by_need(root):

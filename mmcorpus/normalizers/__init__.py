@@ -1,6 +1,7 @@
 """Normalizers: one module per source format, each turning one input into rows of UNIFIED_SCHEMA.
 
-A normalizer is a function `normalize(job: Job) -> Iterator[pyarrow.RecordBatch]` in its own module; NORMALIZERS
+A normalizer is a module with `normalize(job: Job) -> Iterator[pyarrow.RecordBatch]` and `has_input(job) -> bool`
+(is there anything to normalize yet), optionally `split_points(path, parts)` for big files; NORMALIZERS
 maps a spec's `format.type` to that module, so adding a format is one module and one line here. Batches have
 exactly UNIFIED_SCHEMA (columnar, so millions of rows never become Python dicts; `batch.to_pylist()` gives plain
 rows). Records that break the format are never dropped silently: the normalizer counts them in `job.rejects` by
@@ -73,7 +74,7 @@ Normalizer = Callable[[Job], Iterator["pyarrow.RecordBatch"]]
 
 
 def normalizer_module(format_type: str):
-    """The module of a spec's format type (imported on first use): `normalize(job)`, maybe `split_points`."""
+    """The module of a spec's format type (imported on first use)."""
     try:
         module = NORMALIZERS[format_type]
     except KeyError:

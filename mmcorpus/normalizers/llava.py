@@ -46,6 +46,10 @@ _DICTS = {dict}
 _NO_IMAGE = object()
 
 
+def has_input(job: Job) -> bool:
+    return job.path is not None and job.path.is_file()
+
+
 def split_points(path, parts: int) -> list[int]:
     """Byte ranges of whole records, for normalizing one big file in several processes."""
     return jsonarray.split_points(path, parts, lambda v: type(v) is dict and "conversations" in v)

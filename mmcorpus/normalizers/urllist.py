@@ -31,6 +31,11 @@ def status_files(root: Path, dataset: str, subset: str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if SHARD_NAME.match(p.name))
 
 
+def has_input(job: Job) -> bool:
+    """Whether the URL engine has written any status shard for this subset yet."""
+    return bool(status_files(job.root, job.dataset, job.subset))
+
+
 def normalize(job: Job) -> Iterator[pa.RecordBatch]:
     """UNIFIED_SCHEMA batches of the ok rows; failed rows counted in job.stats["failed"] by error."""
     failed: dict[str, int] = job.stats.setdefault("failed", {})
