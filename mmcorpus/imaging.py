@@ -18,7 +18,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -27,6 +29,11 @@ from PIL import Image
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 DEFAULT_MAX_PIXELS = 50_000_000  # ~8000 x 6000; a decode of that size already needs ~150 MB
 JPEG_QUALITY = 95
+# Peak memory: a decode needs up to width * height * 4 bytes, and a process runs dozens of fetch threads.
+# Images above BIG_PIXELS are decoded at most two at a time per process; typical web images skip the gate
+# (it would cost a lock handoff per image).
+BIG_PIXELS = 12_000_000
+_BIG_DECODES = threading.BoundedSemaphore(2)
 
 
 class ImageRejected(Exception):
@@ -66,6 +73,12 @@ def prepare(data: bytes, resize: int | None = None, max_pixels: int = DEFAULT_MA
     if fmt is None:
         raise ImageRejected("not_image", "not JPEG/PNG/WebP/GIF/BMP")
     image = _open(data, fmt, max_pixels)
+    big = image.width * image.height > BIG_PIXELS
+    with _BIG_DECODES if big else contextlib.nullcontext():
+        return _prepare_opened(image, data, fmt, resize)
+
+
+def _prepare_opened(image: Image.Image, data: bytes, fmt: str, resize: int | None) -> Prepared:
     try:
         if resize is None:
             width, height = image.size  # before draft(), which shrinks image.size

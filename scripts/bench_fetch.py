@@ -11,7 +11,8 @@ What it does:
 3. Times, in the same run, `img2dataset` (from its own venv, --i2d-venv; `--install-img2dataset` creates it
    with `pip install img2dataset==1.47`, never in this environment: it pins old packages) and mmcorpus,
    both with --workers processes, with resize 256 (shorter side, aspect kept: img2dataset's keep_ratio) and
-   with the original bytes. Wall time of each whole command, process start included.
+   with the original bytes. Wall time of each whole command, process start included, and the CPU time it
+   and the server used (user + system): on a shared machine the CPU figure is the steadier of the two.
 4. Checks that mmcorpus classified every faulty URL as expected and every good one as ok.
 Prints one table; `--json FILE` writes the figures.
 """
@@ -23,6 +24,7 @@ import io
 import json
 import os
 import random
+import resource
 import shutil
 import socket
 import subprocess
@@ -200,6 +202,21 @@ class Server:
                 time.sleep(0.05)
         raise SystemExit("the benchmark server did not start")
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the nginx processes (0 for the in-process mirror)."""
+        if self.process is None:
+            return 0.0
+        pids = [self.process.pid] + [int(p) for p in subprocess.run(
+            ["ps", "--ppid", str(self.process.pid), "-o", "pid="], capture_output=True, text=True).stdout.split()]
+        ticks = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            ticks += int(fields[11]) + int(fields[12])  # utime + stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
@@ -225,18 +242,26 @@ print(json.dumps(summary.to_dict()))
 """
 
 
-def run_mmcorpus(tsv: Path, root: Path, workers: int, threads: int, resize: int | None, shard_size: int) -> dict:
+def timed(server: Server, command: list[str], **kwargs) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run a command; its wall seconds and the CPU seconds it and the server used (user + system)."""
+    before, server_before = resource.getrusage(resource.RUSAGE_CHILDREN), server.cpu_seconds()
+    started = time.monotonic()
+    done = subprocess.run(command, check=True, capture_output=True, text=True, **kwargs)
+    seconds = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return done, seconds, cpu + server.cpu_seconds() - server_before
+
+
+def run_mmcorpus(server: Server, tsv: Path, root: Path, workers: int, threads: int, resize: int | None, shard_size: int) -> dict:
     shutil.rmtree(root, ignore_errors=True)
     args = dict(tsv=str(tsv), root=str(root), workers=workers, threads=threads, resize=resize, shard_size=shard_size)
-    started = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", MMCORPUS_RUN, json.dumps(args)], cwd=REPO, check=True,
-                         capture_output=True, text=True)
-    seconds = time.monotonic() - started
+    out, seconds, cpu = timed(server, [sys.executable, "-c", MMCORPUS_RUN, json.dumps(args)], cwd=REPO)
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"seconds": seconds, "ok": summary["ok"], "failed": summary["failed"], "summary": summary}
+    return {"seconds": seconds, "cpu_seconds": cpu, "ok": summary["ok"], "failed": summary["failed"]}
 
 
-def run_img2dataset(venv: Path, tsv: Path, out: Path, workers: int, threads: int, resize: int | None,
+def run_img2dataset(server: Server, venv: Path, tsv: Path, out: Path, workers: int, threads: int, resize: int | None,
                     shard_size: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     resize_args = (["--image_size", str(resize), "--resize_mode", "keep_ratio"] if resize
@@ -247,11 +272,9 @@ def run_img2dataset(venv: Path, tsv: Path, out: Path, workers: int, threads: int
                "--number_sample_per_shard", str(shard_size), "--timeout", "10", "--retries", "0",
                "--enable_wandb", "False", "--distributor", "multiprocessing", *resize_args]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    started = time.monotonic()
-    subprocess.run(command, check=True, capture_output=True, text=True, env=env)
-    seconds = time.monotonic() - started
+    _, seconds, cpu = timed(server, command, env=env)
     ok = sum(json.loads(p.read_text()).get("successes", 0) for p in out.glob("*_stats.json"))
-    return {"seconds": seconds, "ok": ok, "command": " ".join(command)}
+    return {"seconds": seconds, "cpu_seconds": cpu, "ok": ok, "command": " ".join(command)}
 
 
 def install_img2dataset(venv: Path) -> None:
@@ -312,7 +335,8 @@ def main() -> None:
     server = Server(args.work, args.nginx_workers)
     results: dict = {"n": args.n, "workers": args.workers, "threads": args.threads, "server": server.kind,
                      "cpus": os.cpu_count(), "mean_jpeg_bytes": round(manifest["mean_bytes"]),
-                     "faulty": len(manifest["expected"]) - manifest["expected"].count("ok"), "modes": {}}
+                     "faulty": len(manifest["expected"]) - manifest["expected"].count("ok"), "modes": {},
+                     "load_before": " ".join(Path("/proc/loadavg").read_text().split()[:3])}
     try:
         ours_tsv, their_tsv = write_lists(args.work, manifest, server.url)
         subprocess.run(["cat", *map(str, (args.work / "www" / "img").glob("00*.jpg"))], stdout=subprocess.DEVNULL)
@@ -320,15 +344,18 @@ def main() -> None:
             resize = 256 if mode == "resize" else None
             entry = {}
             if have_i2d:
-                entry["img2dataset"] = run_img2dataset(args.i2d_venv, their_tsv, out / "i2d", args.workers,
+                entry["img2dataset"] = run_img2dataset(server, args.i2d_venv, their_tsv, out / "i2d", args.workers,
                                                        args.threads, resize, args.shard_size)
-            entry["mmcorpus"] = run_mmcorpus(ours_tsv, out / "mm", args.workers, args.threads, resize,
+            entry["mmcorpus"] = run_mmcorpus(server, ours_tsv, out / "mm", args.workers, args.threads, resize,
                                              args.shard_size)
             entry["mmcorpus"]["mismatches"] = check_classification(out / "mm", manifest)
             for tool in entry.values():
                 tool["images_per_s"] = round(tool["ok"] / tool["seconds"], 1)
+                tool["cpu_ms_per_image"] = round(tool["cpu_seconds"] / tool["ok"] * 1000, 2)
             if have_i2d:
-                entry["ratio"] = round(entry["mmcorpus"]["images_per_s"] / entry["img2dataset"]["images_per_s"], 2)
+                ours, theirs = entry["mmcorpus"], entry["img2dataset"]
+                entry["ratio"] = round(ours["images_per_s"] / theirs["images_per_s"], 2)
+                entry["cpu_ratio"] = round(theirs["cpu_ms_per_image"] / ours["cpu_ms_per_image"], 2)
             results["modes"][mode] = entry
     finally:
         server.stop()
@@ -343,13 +370,19 @@ def report(results: dict) -> None:
     print(f"N={results['n']}  workers={results['workers']}  threads={results['threads']}  cpus={results['cpus']}  "
           f"server={results['server']}  mean JPEG {results['mean_jpeg_bytes'] / 1000:.0f} KB  "
           f"faulty URLs {results['faulty']}")
-    print(f"{'mode':<10} {'img2dataset img/s':>18} {'mmcorpus img/s':>15} {'ratio':>7}  classification")
+    print(f"load average before the run: {results['load_before']}")
+    print(f"{'mode':<9} {'img2dataset':>23} {'mmcorpus':>23} {'ratio':>6} {'CPU ratio':>9}  classification")
+    print(f"{'':<9} {'img/s  CPU ms/img':>23} {'img/s  CPU ms/img':>23}")
     for mode, entry in results["modes"].items():
-        theirs = entry.get("img2dataset", {}).get("images_per_s")
-        mismatches = entry["mmcorpus"]["mismatches"]
+        theirs, ours = entry.get("img2dataset"), entry["mmcorpus"]
+        mismatches = ours["mismatches"]
         verdict = "all rows as expected" if not mismatches else f"{len(mismatches)} WRONG, e.g. {mismatches[:3]}"
-        print(f"{mode:<10} {theirs if theirs is not None else '-':>18} {entry['mmcorpus']['images_per_s']:>15} "
-              f"{entry.get('ratio', '-'):>7}  {verdict}")
+        print(f"{mode:<9} {_cell(theirs):>23} {_cell(ours):>23} {entry.get('ratio', '-'):>6} "
+              f"{entry.get('cpu_ratio', '-'):>9}  {verdict}")
+
+
+def _cell(tool: dict | None) -> str:
+    return f"{tool['images_per_s']:>7} {tool['cpu_ms_per_image']:>9}" if tool else "-"
 
 
 if __name__ == "__main__":

@@ -406,10 +406,10 @@ def _tiff() -> bytes:
 
 
 def _bomb_png() -> bytes:
-    """30,000 x 30,000 pixels (900 MP) in ~100 KB: refused from the header, never decoded."""
-    out = io.BytesIO()
-    Image.new("1", (30_000, 30_000)).save(out, "PNG")
-    return out.getvalue()
+    """A PNG claiming 30,000 x 30,000 pixels (900 MP) in a few bytes: refused from the header."""
+    from tests.test_urllist_units import bomb_png
+
+    return bomb_png(30_000, 30_000)
 
 
 def _closed_port() -> int:

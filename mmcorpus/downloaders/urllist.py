@@ -19,7 +19,6 @@ import hashlib
 import multiprocessing
 import os
 import queue as queue_module
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed, wait
 from dataclasses import asdict, dataclass, field
@@ -386,9 +385,6 @@ class ShardWorker:
         self.options = options
         self.fetcher = Fetcher(options.fetch_policy())
         self.pool = ThreadPoolExecutor(options.threads, thread_name_prefix="fetch")
-        # Decoding more images at once than there are cores buys nothing and multiplies peak memory
-        # (each decode may need up to max_pixels * 4 bytes).
-        self.decoding = threading.BoundedSemaphore(2)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -440,8 +436,7 @@ class ShardWorker:
         if fetched.error:
             return [_failed(row, fetched.error, fetched.http_status) for row in rows]
         try:
-            with self.decoding:
-                prepared = prepare(fetched.data, self.options.resize, self.options.max_pixels)
+            prepared = prepare(fetched.data, self.options.resize, self.options.max_pixels)
         except ImageRejected as rejected:
             return [_failed(row, rejected.error, fetched.http_status) for row in rows]
         digest = hashlib.sha256(prepared.data).hexdigest()

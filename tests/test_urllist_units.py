@@ -1,0 +1,168 @@
+"""Unit tests of the URL-list engine's parts: TSV reading, URL safety, image checks, header parsing."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+from PIL import Image
+
+from mmcorpus.httpfetch import _retry_after, opted_out
+from mmcorpus.imaging import ImageRejected, prepare, sniff, target_size
+from mmcorpus.tsv import ColumnLayout, read_rows
+from mmcorpus.urlsafety import AddressPolicy, BlockedURL, is_public, parse_target
+
+
+# ------------------------------------------------------------------------------------------------- tsv
+
+
+def _read(tmp_path, data: bytes, columns=("caption", "url"), **kwargs):
+    path = tmp_path / "list.tsv"
+    path.write_bytes(data)
+    problems = []
+    rows = list(read_rows(path, columns, problems.append, **kwargs))
+    return rows, [(p.line, p.reason) for p in problems]
+
+
+def test_tsv_column_order_and_stray_tabs(tmp_path):
+    rows, problems = _read(tmp_path, b"a caption\thttp://x/1.jpg\nwith\ttab\thttp://x/2.jpg\n")
+    assert [(r.index, r.caption, r.url) for r in rows] == [(0, "a caption", "http://x/1.jpg"),
+                                                            (1, "with\ttab", "http://x/2.jpg")]
+    rows, _ = _read(tmp_path, b"http://x/1.jpg\tCaption, with\ttab\n", columns=("url", "caption"))
+    assert (rows[0].url, rows[0].caption) == ("http://x/1.jpg", "Caption, with\ttab")
+    assert problems == []
+
+
+def test_tsv_no_trailing_newline_and_limit(tmp_path):
+    rows, _ = _read(tmp_path, b"a\thttp://x/1\nb\thttp://x/2\nc\thttp://x/3", stop=2)
+    assert [r.caption for r in rows] == ["a", "b"]
+    rows, _ = _read(tmp_path, b"a\thttp://x/1\nb\thttp://x/2\nc\thttp://x/3")
+    assert rows[-1].url == "http://x/3"
+
+
+def test_tsv_unwanted_rows_are_not_parsed(tmp_path):
+    rows, problems = _read(tmp_path, b"a\thttp://x/1\nbroken\nc\thttp://x/3\n", wanted=lambda i: i != 1)
+    assert [r.index for r in rows] == [0, 2] and problems == []
+
+
+def test_tsv_long_line_drained_in_bounded_memory(tmp_path):
+    rows, problems = _read(tmp_path, b"a" * 5000 + b"\thttp://x/1\nb\thttp://x/2\n", max_line=1000)
+    assert [r.index for r in rows] == [1] and problems == [(1, "too_long")]
+
+
+def test_tsv_column_layout_errors():
+    layout = ColumnLayout(["caption", "url", "labels"])
+    assert layout.split("only") == "no_tab" and layout.split("a\tb") == "missing_columns"
+    assert layout.split("a\tb\tc\td") == "extra_columns"
+    with pytest.raises(ValueError):
+        ColumnLayout(["caption", "link"])
+
+
+# ---------------------------------------------------------------------------------------------- urls
+
+
+@pytest.mark.parametrize("url", ["ftp://h/x", "file:///etc/passwd", "javascript:alert(1)", "http://", "x.jpg",
+                                 "http://h:99999/x", "http://[::1/x"])
+def test_only_http_and_https(url):
+    with pytest.raises(BlockedURL):
+        parse_target(url)
+
+
+def test_parse_target_quotes_spaces():
+    target = parse_target("HTTPS://Example.COM/a b.jpg?q=1 2")
+    assert (target.scheme, target.host, target.port, target.path) == ("https", "example.com", 443, "/a%20b.jpg?q=1%202")
+
+
+@pytest.mark.parametrize("address, public", [
+    ("8.8.8.8", True), ("2001:4860:4860::8888", True), ("127.0.0.1", False), ("10.0.0.1", False),
+    ("192.168.1.1", False), ("172.16.0.1", False), ("169.254.169.254", False), ("::1", False), ("fe80::1", False),
+    ("::ffff:127.0.0.1", False), ("0.0.0.0", False), ("100.64.0.1", False), ("224.0.0.1", False)])
+def test_public_addresses(address, public):
+    assert is_public(address) is public
+
+
+def test_address_policy():
+    policy = AddressPolicy(allowed_hosts=frozenset({"10.0.0.5"}))
+    try:
+        assert policy.address_for(parse_target("http://10.0.0.5/x"), deadline=time.monotonic() + 5) == "10.0.0.5"
+        with pytest.raises(BlockedURL):
+            policy.address_for(parse_target("http://10.0.0.6/x"), deadline=time.monotonic() + 5)
+        with pytest.raises(BlockedURL):
+            policy.address_for(parse_target("http://localhost/x"), deadline=time.monotonic() + 5)
+    finally:
+        policy.close()
+    everything = AddressPolicy(allow_private=True)
+    assert everything.address_for(parse_target("http://10.0.0.6/x"), deadline=time.monotonic() + 5) == "10.0.0.6"
+    everything.close()
+
+
+# ------------------------------------------------------------------------------------------- headers
+
+
+@pytest.mark.parametrize("values, out", [
+    (["noai"], True), (["noindex, NoImageAI"], True), (["mmcorpus: noai"], True), (["*: noai"], True),
+    (["otherbot: noai"], False), (["noindex"], False), ([], False), (["unavailable_after: 25 Jun 2010"], False),
+    (["noindex", "noai"], True)])
+def test_x_robots_tag(values, out):
+    assert opted_out(values) is out
+
+
+def test_retry_after():
+    assert _retry_after("7") == 7.0 and _retry_after(None) is None and _retry_after("soon") is None
+    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+# ------------------------------------------------------------------------------------------- images
+
+
+def _encode(fmt: str, size=(120, 80), mode="RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, "red" if mode != "1" else 0).save(out, fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt, ext", [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("GIF", "gif"), ("BMP", "bmp")])
+def test_accepted_formats_keep_original_bytes(fmt, ext):
+    data = _encode(fmt)
+    prepared = prepare(data)
+    assert (prepared.data, prepared.ext, prepared.width, prepared.height) == (data, ext, 120, 80)
+
+
+@pytest.mark.parametrize("data, error", [
+    (b"<html>moved</html>", "not_image"), (_encode("TIFF"), "not_image"), (b"", "not_image"),
+    (_encode("JPEG", (400, 300))[:-200], "corrupt"), (_encode("PNG", (400, 300))[:-30], "corrupt"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "corrupt")],
+    ids=["html", "tiff", "empty", "truncated-jpeg", "truncated-png", "png-bad-header"])
+def test_rejected_bytes(data, error):
+    with pytest.raises(ImageRejected) as caught:
+        prepare(data)
+    assert caught.value.error == error
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A PNG header claiming width x height pixels, with almost no data: what a decompression bomb looks
+    like before decoding (built by hand: encoding a real 400 MP image would take seconds)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [5_000, 30_000])  # above our cap; above Pillow's own bomb limit too
+def test_decompression_bomb_refused_from_header(side):
+    with pytest.raises(ImageRejected) as caught:
+        prepare(bomb_png(side, side), max_pixels=10_000_000)
+    assert caught.value.error == "too_large"
+
+
+def test_resize_geometry_and_output():
+    assert target_size(800, 600, 256) == (341, 256)
+    assert target_size(600, 2000, 256) == (256, 853)
+    assert target_size(200, 100, 256) == (200, 100)
+    prepared = prepare(_encode("PNG", (1000, 500), mode="RGBA"), resize=100)
+    assert (prepared.ext, prepared.width, prepared.height, sniff(prepared.data)) == ("jpg", 200, 100, "JPEG")
