@@ -425,15 +425,12 @@ def status(ctx: typer.Context, name: Annotated[Optional[str], typer.Argument(hel
 
 
 def _stages_summary(root: Path) -> str:
-    from mmcorpus.stages import read_manifest
+    from mmcorpus.report import format_stage_summary
+    from mmcorpus.stages import prepared_stages
 
     lines = []
-    for stage in ("pretrain", "finetune"):
-        manifest = read_manifest(root, stage)
-        if manifest:
-            from mmcorpus.report import format_stage_summary
-
-            lines += ["", format_stage_summary(manifest)]
+    for manifest in prepared_stages(root).values():
+        lines += ["", format_stage_summary(manifest)]
     return "\n".join(lines)
 
 

@@ -17,8 +17,8 @@ from typing import Callable, Iterable
 from mmcorpus import __version__
 from mmcorpus.normalize import normalize_subset
 from mmcorpus.registry import Registry
-from mmcorpus.stages import _image_state as image_state  # made public once stages.py settles
-from mmcorpus.stages import normalized_files, prepare_stage, resolve_mix, select_entries
+from mmcorpus.locks import hold_lock
+from mmcorpus.stages import image_state, normalized_files, prepare_stage, resolve_mix, select_entries
 
 
 def prepare(registry: Registry, root: Path, *, stage: str | None = None, mix_file: Path | None = None,
@@ -49,7 +49,9 @@ def normalize_if_changed(registry: Registry, root: Path, dataset: str, subset: s
     if not force and _read(marker).get("fingerprint") == fingerprint and normalized_files(root, dataset, subset):
         return {"status": "unchanged"}
     log(f"normalizing {dataset}/{subset}")
-    report = normalize_subset(spec, file, Path(root), workers=workers)
+    with hold_lock(Path(root), dataset, command=f"mmcorpus prepare (normalize {dataset}/{subset})"):
+        # The dataset's lock: a fetch of the same dataset must not replace its files under the normalizer.
+        report = normalize_subset(spec, file, Path(root), workers=workers)
     if report.get("status") == "ok":
         _write(marker, {"fingerprint": fingerprint})
     return report

@@ -152,3 +152,15 @@ def test_demo_runs_offline_end_to_end(tmp_path):
     assert "Demo finished" in result.stdout
     for fault in ("not_found", "corrupt", "http_error", "not_image", "opted_out"):
         assert fault in result.stdout
+    for stage in ("pretrain", "finetune"):
+        assert (root / "stages" / stage / "report.html").is_file()
+        assert json.loads((root / "stages" / stage / "manifest.json").read_text())["stage"] == stage
+    assert (root / "stages" / "pretrain" / "llava" / "pretrain.json").is_file()
+
+    # Nothing changed: prepare re-normalizes nothing and leaves the stage alone.
+    args = ["--root", str(root), "--config-dir", str(tmp_path / "demo" / "specs")]
+    again = mmcorpus(*args, "prepare", "--stage", "pretrain", "--format", "llava", "--format", "webdataset", "--json")
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert {r["status"] for r in result["normalize"].values()} == {"unchanged"}
+    assert result["manifest"]["unchanged"] is True
