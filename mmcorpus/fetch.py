@@ -118,7 +118,7 @@ def _run_step(target: Target, options: FetchOptions, step) -> dict:
     started = time.time()
     report: dict[str, Any] = {"name": spec.name, "kind": spec.kind, "ok": True}
     try:
-        with _lock(options, spec.name):
+        with _lock(options, _lock_name(spec.name, options)):
             _check_disk(target, options)
             report.update(step())
     except MMCorpusError as exc:
@@ -134,7 +134,8 @@ def _run_step(target: Target, options: FetchOptions, step) -> dict:
 
 def _fetch_dataset(target: Target, options: FetchOptions) -> dict:
     spec = target.spec
-    files = _download_all(spec, target.files(options.all_files), options)
+    with _shared_files_lock(spec.name, options):
+        files = _download_all(spec, target.files(options.all_files), options)
     report: dict[str, Any] = {"files": files, "failed_files": [f["key"] for f in files if f["status"] == "failed"]}
     if spec.images_from == "url" and not options.no_images:
         report["images"] = [
@@ -168,22 +169,26 @@ def _download_all(spec: Spec, files: list[FileSpec], options: FetchOptions) -> l
 
 
 def _fetch_collection(target: Target, options: FetchOptions) -> dict:
+    """The collection's archives (this machine's share of them under --shard), downloaded and extracted."""
     from mmcorpus.collections import fetch_collection
 
     def download(file: FileSpec, dest: Path) -> Path:
         return download_file(file, dest, options.download, label=f"{target.spec.name}/{file.filename}").path
 
+    keys = shard_share([f.key for f in target.files(options.all_files)], options.images.shard)
     summary = fetch_collection(target.spec, options.root, download, delete_archives=options.delete_archives,
-                               manual_source=options.manual_source, only=target.keys or None)
+                               manual_source=options.manual_source, only=keys)
     if not summary["archives"] and target.spec.manual:
         summary["manual"] = target.spec.manual  # nothing headless to fetch: say how to get it
-    if options.all_files and not target.keys:
-        optional = [a.key for a in target.spec.archives if a.optional and a.url]
-        if optional:
-            more = fetch_collection(target.spec, options.root, download, delete_archives=options.delete_archives,
-                                    only=optional)
-            summary["archives"] += more["archives"]
     return summary
+
+
+def shard_share(keys: list[str], shard: tuple[int, int] | None) -> list[str]:
+    """Machine I of N takes every N-th item, starting at I: a deterministic split that covers all once."""
+    if shard is None:
+        return keys
+    index, count = shard
+    return [key for position, key in enumerate(keys) if position % count == index]
 
 
 def _fetch_url_images(spec: Spec, file_report: dict, options: FetchOptions) -> dict:
@@ -251,6 +256,24 @@ def plan(target: Target, options: FetchOptions) -> dict:
         "bytes": sum(f.size or 0 for f in files),
         "images": "url column" if target.spec.images_from == "url" else list(target.spec.collections),
     }
+
+
+def _lock_name(name: str, options: FetchOptions) -> str:
+    """One lock per root and name; under --shard, one per slice, so N machines sharing a root run together."""
+    shard = options.images.shard
+    return name if shard is None else f"{name}.shard-{shard[0]}-of-{shard[1]}"
+
+
+def _shared_files_lock(name: str, options: FetchOptions):
+    """Under --shard, every slice needs the same annotation files: one slice downloads them while the
+    others wait (their .part files are shared names). Without --shard the run's lock already covers them."""
+    import contextlib
+
+    if options.images.shard is None:
+        return contextlib.nullcontext()
+    from mmcorpus.locks import hold_lock
+
+    return hold_lock(options.root, name, wait=True, poll=2.0, command="mmcorpus fetch (annotation files)")
 
 
 def _lock(options: FetchOptions, name: str):
