@@ -9,17 +9,17 @@ Big JSON files are cut into byte ranges of whole records (the normalizer's `spli
 one process per CPU, because parsing 1 GB of JSON is CPU-bound. Record indices, and therefore sample_ids, are
 global: range 0 writes its shards directly; later ranges spill Arrow files in the staging folder, which are
 turned into parquet with shifted sample_ids (again by all processes) once the record counts before them are
-known. If a range fails
-(a bad cut, or a broken file) the subset is redone in one process, which also gives the canonical error.
+known. If a range fails (a bad cut, or a broken file) the subset is redone in one process, which also gives
+the canonical error. Captions are filled (llava normalizer) when the dataset serves the pretrain stage.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
 import shutil
-import gc
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -35,6 +35,9 @@ from mmcorpus.writers import ROWS_PER_SHARD, ROW_GROUP_SIZE, ShardWriter, file_m
 
 MIN_SPLIT_BYTES = 64 << 20  # below this, one process is as fast as several
 MAX_WORKERS = 8
+# Normalized files are an intermediate (stages are built from them and written with zstd): snappy writes in
+# half the CPU time of zstd, for ~40 % larger files.
+COMPRESSION = "snappy"
 
 
 def normalize_dataset(spec, root: Path, subsets: list[str] | None = None, *, workers: int | None = None,
@@ -63,8 +66,8 @@ def normalize_subset(spec, file_spec, root: Path, *, workers: int | None = None,
     if not module.has_input(plan.job()):
         return {"status": "not_downloaded", "input": str(path)}
     ranges = _ranges(module, path, workers)
+    _remove_stale_staging(plan)
     staging = plan.out_dir / f".staging-{file_spec.key}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     try:
         parts = _run_parallel(plan, staging, ranges) if len(ranges) > 1 else None
         if parts is None:
@@ -77,6 +80,24 @@ def normalize_subset(spec, file_spec, root: Path, *, workers: int | None = None,
     # "_" prefix: pyarrow dataset readers skip it, so the folder still reads as one table
     _write_json(plan.out_dir / f"_{file_spec.key}.report.json", report)
     return report
+
+
+def _remove_stale_staging(plan: "_Plan") -> None:
+    """Staging folders of killed runs (their pid is gone) would keep GBs of spill files forever."""
+    for folder in plan.out_dir.glob(f".staging-{plan.subset}-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass
@@ -106,7 +127,8 @@ class _Plan:
 
     def writer(self, folder: Path, name: str, **options) -> ShardWriter:
         meta = file_metadata(self.spec, self.subset, self.file_spec.urls)
-        options = {"row_group_size": self.row_group_size, "rows_per_shard": self.rows_per_shard, **options}
+        options = {"row_group_size": self.row_group_size, "rows_per_shard": self.rows_per_shard,
+                   "compression": COMPRESSION, **options}
         return ShardWriter(folder, name, meta, **options)
 
 
@@ -241,9 +263,11 @@ def _publish(plan: _Plan, staging: Path, parts: list[dict]) -> list[Path]:
     staged = [f for part in sorted(parts, key=lambda p: p["index"]) for f in part["files"]]
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     final = []
+    # Each rename is atomic; a kill between two of them leaves new and old shards side by side, which the
+    # report (written last, listing the files) tells apart.
     for number, path in enumerate(staged):
         target = plan.out_dir / f"{plan.subset}-{number:05d}.parquet"
-        os.replace(path, target)  # a complete new shard replaces an old one atomically
+        os.replace(path, target)
         final.append(target)
     for old in plan.out_dir.glob(f"{plan.subset}-*.parquet"):
         if old not in final and old.name[len(plan.subset) + 1 : -len(".parquet")].isdigit():

@@ -10,7 +10,7 @@ in its own subprocess so that peak RSS is the process's own (os.wait4 rusage):
 - baseline: `json.load` + `pyarrow.Table.from_pylist` + `pyarrow.parquet.write_table`. The ids are turned into
   strings first: from_pylist refuses the real file's mixed int/str ids, so a naive script needs at least that.
 
-Usage:  python scripts/bench_prepare.py [--records N] [--workdir DIR] [--keep]
+Usage:  python scripts/bench_prepare.py [--records N] [--workdir DIR] [--keep] [--repeat N]
 """
 
 from __future__ import annotations
@@ -199,6 +199,8 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=TOTAL, help="records to generate (default: %(default)s)")
     parser.add_argument("--workdir", type=Path, help="where the JSON and outputs go (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--repeat", type=int, default=1, help="run both sides this many times, alternating "
+                        "(on a shared machine the load changes between runs; the medians are printed)")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -208,30 +210,42 @@ def main() -> None:
         generate(json_path, args.records)
         print(f"generated {json_path} ({json_path.stat().st_size / 1e9:.3f} GB, {args.records} records) "
               f"in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    report(json_path, workdir)
+    report(json_path, workdir, args.repeat)
     if not args.keep and args.workdir is None:
         import shutil
 
         shutil.rmtree(workdir)
 
 
-def report(json_path: Path, workdir: Path) -> None:
+def report(json_path: Path, workdir: Path, repeat: int = 1) -> None:
+    import statistics
+
     import ijson
 
-    load = os.getloadavg()[0]
-    ours = measure("mmcorpus", json_path, workdir)
-    base = measure("baseline", json_path, workdir)
-    print(f"file: {json_path.stat().st_size:,} bytes, ijson backend: {ijson.backend}, python {sys.version.split()[0]}")
+    print(f"file: {json_path.stat().st_size:,} bytes, ijson backend: {ijson.backend}, python {sys.version.split()[0]}, "
+          f"CPUs: {os.cpu_count()}")
     print(f"{'':10} {'wall s':>8} {'CPU s':>8} {'peak RSS MB':>12} {'peak PSS MB':>12} {'rows':>9}")
-    for name, r in (("mmcorpus", ours), ("baseline", base)):
-        print(f"{name:10} {r['seconds']:8.1f} {r['cpu_seconds']:8.1f} {r['peak_rss_mb']:12.0f} "
-              f"{r['peak_pss_mb']:12.0f} {r['rows']:9}   {r['processes']} process(es)")
-    ratio = {key: ours[key] / base[key] for key in ("seconds", "cpu_seconds", "peak_rss_mb", "peak_pss_mb")}
-    print(f"ratio      {ratio['seconds']:7.2f}x {ratio['cpu_seconds']:7.2f}x {ratio['peak_rss_mb']:11.3f}x "
-          f"{ratio['peak_pss_mb']:11.3f}x   (target: <= 0.5x wall time, <= 0.1x memory)")
-    print(f"CPUs: {os.cpu_count()}, load average before the runs: {load:.1f}")
-    print(f"mmcorpus rejected: {ours['rejected']}")
+    keys = ("seconds", "cpu_seconds", "peak_rss_mb", "peak_pss_mb")
+    ratios = []
+    for run in range(repeat):
+        load = os.getloadavg()[0]
+        ours = measure("mmcorpus", json_path, workdir)
+        base = measure("baseline", json_path, workdir)
+        for name, r in (("mmcorpus", ours), ("baseline", base)):
+            print(f"{name:10} {r['seconds']:8.1f} {r['cpu_seconds']:8.1f} {r['peak_rss_mb']:12.0f} "
+                  f"{r['peak_pss_mb']:12.0f} {r['rows']:9}   {r['processes']} process(es)")
+        ratios.append({key: ours[key] / base[key] for key in keys})
+        print_ratio(f"ratio", ratios[-1], f"load average before run {run + 1}: {load:.1f}; "
+                                          f"mmcorpus rejected {ours['rejected']}")
+    if repeat > 1:
+        print_ratio("median", {key: statistics.median(r[key] for r in ratios) for key in keys}, f"of {repeat} runs")
+    print("target: <= 0.5x wall time, <= 0.1x peak memory")
     parse_only(json_path)
+
+
+def print_ratio(label: str, ratio: dict, note: str) -> None:
+    print(f"{label:10} {ratio['seconds']:7.2f}x {ratio['cpu_seconds']:7.2f}x {ratio['peak_rss_mb']:11.3f}x "
+          f"{ratio['peak_pss_mb']:11.3f}x   {note}")
 
 
 def parse_only(json_path: Path) -> None:

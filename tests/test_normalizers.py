@@ -368,6 +368,16 @@ def test_rerun_replaces_old_shards_only_when_complete(root):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
+def test_stale_staging_of_a_killed_run_is_removed(root):
+    spec = dataset_spec()
+    place(root, spec, "cap100k", [{"id": 1, "image": "a.jpg", "conversations": GOOD}])
+    stale = root / "normalized/sharegpt4v/.staging-cap100k-999999999"
+    stale.mkdir(parents=True)
+    (stale / "spill001-00000.arrow").write_bytes(b"x" * 100)
+    normalize_dataset(spec, root)
+    assert not stale.exists()
+
+
 def test_parallel_ranges_give_the_same_rows_as_one_process(root, monkeypatch):
     import mmcorpus.normalize as normalize_module
 
