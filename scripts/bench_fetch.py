@@ -73,12 +73,12 @@ def _with_comment(jpeg: bytes, text: str) -> bytes:
 
 
 def build_corpus(work: Path, n: int, seed: int = 0) -> dict:
-    """Files under work/www, the URL list (paths) and the expected outcome of each row. Cached by n/seed."""
-    manifest_path = work / f"manifest-{n}-{seed}.json"
+    """Files under work/www-N-SEED, the URL list (paths) and the expected outcome of each row (cached)."""
+    www = work / f"www-{n}-{seed}"
+    manifest_path = www / "manifest.json"
     if manifest_path.exists():
         return json.loads(manifest_path.read_text())
     rng = random.Random(seed)
-    www = work / "www"
     shutil.rmtree(www, ignore_errors=True)
     (www / "img").mkdir(parents=True)
     (www / "gone").mkdir()
@@ -103,7 +103,8 @@ def build_corpus(work: Path, n: int, seed: int = 0) -> dict:
             total += len(data) if kind == "ok" else 0
         rows.append(path)
         expected.append(FAULTS[kind][0] if kind in FAULTS else "ok")
-    manifest = {"paths": rows, "expected": expected, "mean_bytes": total / max(1, expected.count("ok"))}
+    mean = total / max(1, expected.count("ok"))
+    manifest = {"paths": rows, "expected": expected, "mean_bytes": mean, "www": str(www)}
     manifest_path.write_text(json.dumps(manifest))
     return manifest
 
@@ -164,30 +165,25 @@ def free_port() -> int:
 class Server:
     """nginx on a free port when installed, else mmcorpus.localmirror (with a warning)."""
 
-    def __init__(self, work: Path, nginx_workers: int):
+    def __init__(self, work: Path, www: Path, manifest: dict, nginx_workers: int):
         self.work, self.port, self.process, self.mirror = work, free_port(), None, None
         nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
         if nginx:
             (work / "tmp").mkdir(exist_ok=True)
             conf = work / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(workers=nginx_workers, work=work, port=self.port, www=work / "www"))
+            conf.write_text(NGINX_CONF.format(workers=nginx_workers, work=work, port=self.port, www=www))
             self.process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(work), "-g", "daemon off;"])
             self.kind = f"nginx ({nginx_workers} worker processes)"
         else:
             from mmcorpus.localmirror import LocalMirror, Route
 
             print("nginx not found (apt-get install -y nginx): using mmcorpus.localmirror", file=sys.stderr)
-            self.mirror = LocalMirror(work / "www", port=self.port).start()
+            self.mirror = LocalMirror(www, port=self.port).start()
             self.kind = "mmcorpus.localmirror (nginx not installed)"
-            self._script_gone(Route)
+            for path in manifest["paths"]:  # localmirror has no location rules: script the 410s one by one
+                if path.startswith("/gone/"):
+                    self.mirror.add(path, Route(status=410))
         self._wait_ready()
-
-    def _script_gone(self, route_cls) -> None:
-        """localmirror has no location rules: script the 410s path by path."""
-        manifest = json.loads(sorted(self.work.glob("manifest-*.json"))[-1].read_text())
-        for path in manifest["paths"]:
-            if path.startswith("/gone/"):
-                self.mirror.add(path, route_cls(status=410))
 
     @property
     def url(self) -> str:
@@ -332,14 +328,15 @@ def main() -> None:
         if not have_i2d:
             print("img2dataset not available (use --install-img2dataset): mmcorpus figures only", file=sys.stderr)
 
-    server = Server(args.work, args.nginx_workers)
+    server = Server(args.work, Path(manifest["www"]), manifest, args.nginx_workers)
     results: dict = {"n": args.n, "workers": args.workers, "threads": args.threads, "server": server.kind,
                      "cpus": os.cpu_count(), "mean_jpeg_bytes": round(manifest["mean_bytes"]),
                      "faulty": len(manifest["expected"]) - manifest["expected"].count("ok"), "modes": {},
                      "load_before": " ".join(Path("/proc/loadavg").read_text().split()[:3])}
     try:
         ours_tsv, their_tsv = write_lists(args.work, manifest, server.url)
-        subprocess.run(["cat", *map(str, (args.work / "www" / "img").glob("00*.jpg"))], stdout=subprocess.DEVNULL)
+        for path in (Path(manifest["www"]) / "img").iterdir():  # warm the page cache: same start for both tools
+            path.read_bytes()
         for mode in args.modes.split(","):
             resize = 256 if mode == "resize" else None
             entry = {}

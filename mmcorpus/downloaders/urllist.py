@@ -11,6 +11,16 @@ How the work is cut (img2dataset's lesson: the shard is the unit of work):
 - rows already `ok` in an earlier status parquet are kept, final failures too; `retry_failed` re-fetches
   the transient ones (schema.is_transient), never 404/410.
 Within a shard each distinct URL is fetched once; duplicate rows get their own copy of the file.
+
+How `mmcorpus fetch` calls it:
+
+    rewrite = PrefixRewrite(tuple(mirror_pairs)) if mirror_pairs else None     # --mirror FROM=TO ...
+    options = UrlListOptions(workers=..., threads=..., timeout=..., resize=None or SIZE, limit=...,
+                             shard=(I, N) or None, retry_failed=..., allow_private_hosts=...,
+                             rewrite=rewrite, mirror_hosts=rewrite.hosts if rewrite else frozenset(),
+                             progress=not quiet, total_hint=file_spec.records)
+    summary = fetch_url_list(spec, subset, <root>/downloads/<name>/<filename>, root, options)
+    summary.to_dict()  # for --json; summary.success_rate for --min-success
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from mmcorpus.downloaders.urllist_shards import (
 from mmcorpus.errors import UsageError
 from mmcorpus.httpfetch import Fetcher, FetchPolicy
 from mmcorpus.imaging import DEFAULT_MAX_PIXELS, ImageRejected, prepare
+from mmcorpus.registry import Spec
 from mmcorpus.schema import is_transient
 from mmcorpus.tsv import Malformed, Row, read_rows
 
@@ -244,14 +255,18 @@ def _already_done(job: ShardJob, options: UrlListOptions) -> dict | None:
 # ------------------------------------------------------------------------------------------------ entry
 
 
-def fetch_url_list(spec, subset: str, tsv_path: str | Path, root: str | Path,
+def fetch_url_list(spec: Spec, subset: str, tsv_path: str | Path, root: str | Path,
                    options: UrlListOptions | None = None) -> UrlListSummary:
     """Fetch the images of one URL-list file (`spec.files[subset]`, already downloaded at `tsv_path`)
     into <root>/images/<spec.name>/<subset>/ and return what happened. Idempotent: re-running finishes
-    what an interrupted run left and skips finished shards."""
+    what an interrupted run left and skips finished shards.
+
+    The column order is the file's `columns`, else the spec's `format.columns` (CC3M caption,url;
+    CC12M url,caption). Raises UsageError for bad options; link rot is reported, never raised.
+    """
     options = options or UrlListOptions()
     options.check()
-    file_spec = spec.files.get(subset) if hasattr(spec, "files") else None
+    file_spec = spec.files.get(subset)
     columns = tuple((file_spec.columns if file_spec is not None else ()) or spec.format_columns)
     shard = options.shard or shard_from_env()
     images_root = Path(root) / "images"
@@ -260,8 +275,8 @@ def fetch_url_list(spec, subset: str, tsv_path: str | Path, root: str | Path,
         return ShardPaths(images_root, spec.name, subset, shard_index)
 
     summary = UrlListSummary(dataset=spec.name, subset=subset)
-    total = options.limit or options.total_hint or (file_spec.records if file_spec is not None else None)
-    progress = Progress(f"{spec.name}/{subset}", total=total, enabled=options.progress)
+    expected = options.limit or options.total_hint or (file_spec.records if file_spec is not None else None)
+    progress = Progress(f"{spec.name}/{subset}", total=expected and -(-expected // shard[1]), enabled=options.progress)
     started = time.monotonic()
     jobs = _shard_jobs(Path(tsv_path), columns, paths_for, options, shard, summary)
     try:
