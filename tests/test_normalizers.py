@@ -448,3 +448,12 @@ def test_truncated_file_in_parallel_mode_gives_the_canonical_error(root, monkeyp
     with pytest.raises(BadInputError, match=r"truncated or invalid JSON at byte \d+ \(record 29\d\)"):
         normalize_dataset(spec, root, workers=3)
     assert not (root / "normalized/sharegpt4v").exists() or not list((root / "normalized/sharegpt4v").iterdir())
+
+
+def test_image_token_counts_over_the_values_buffer():
+    from mmcorpus.normalizers.llava import _token_counts
+
+    values = ["<image>\nq", "a <ima", "ge> b", "", None, "<image><image>", "é<image>", "<image"]
+    array = pa.array(values, pa.string())
+    assert _token_counts(array).tolist() == [1, 0, 0, 0, 0, 2, 1, 0]  # no match across two values
+    assert _token_counts(array.slice(5)).tolist() == [2, 1, 0]

@@ -170,7 +170,7 @@ def _reasons(turns: pa.ListArray, images: pa.Array) -> np.ndarray:
     values = turns.values.field("value")
     role = pc.fill_null(pc.index_in(turns.values.field("from"), value_set=SOURCE_ROLES), -1).to_numpy()
     position = np.arange(len(role)) - np.repeat(starts, lengths)
-    tokens = pc.fill_null(pc.count_substring(values, IMAGE_TOKEN), 0).to_numpy()
+    tokens = _token_counts(values)
 
     def per_record(per_turn: np.ndarray) -> np.ndarray:
         padded = np.append(per_turn.astype(np.int64), 0)  # reduceat needs every start < len
@@ -191,6 +191,26 @@ def _reasons(turns: pa.ListArray, images: pa.Array) -> np.ndarray:
     for reason, failed in reversed(checks):  # earlier checks overwrite later ones
         reasons[failed] = reason
     return reasons
+
+
+def _token_counts(values: pa.StringArray) -> np.ndarray:
+    """Occurrences of `<image>` in each value. One bytes.find() pass over the values' data buffer (memchr
+    speed), hits mapped to their value through the offsets: pc.count_substring took ~70 % of the record
+    checks. "<image>" cannot overlap itself, so a hit running across two values (dropped) hides no real one."""
+    token = IMAGE_TOKEN.encode()
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset : values.offset + len(values) + 1]
+    data = values.buffers()[2]
+    hits = []
+    if data is not None and len(offsets):
+        raw, end = data.to_pybytes(), int(offsets[-1])
+        at = raw.find(token, int(offsets[0]), end)
+        while at >= 0:
+            hits.append(at)
+            at = raw.find(token, at + len(token), end)
+    hits = np.array(hits, dtype=np.int64)
+    owner = np.searchsorted(offsets, hits, side="right") - 1
+    inside = hits + len(token) <= offsets[np.minimum(owner + 1, len(offsets) - 1)]
+    return np.bincount(owner[inside], minlength=len(values))
 
 
 def _captions(turns: pa.ListArray, images: list) -> pa.Array:
