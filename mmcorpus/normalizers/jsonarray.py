@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import json.scanner
 import re
 from pathlib import Path
 from typing import Callable, Iterator
@@ -139,7 +140,9 @@ def _cut_near(f, guess: int, is_element: Callable[[object], bool], window: int =
 
 def _elements(buf: _Buffer, max_record: int, last: bool) -> Iterator[object]:
     """Yield elements until ']' (returns True) or, for a range that is not the last, its end (False)."""
-    decode = json.JSONDecoder().raw_decode
+    # json's C scanner called directly (JSONDecoder.raw_decode is this call behind one more Python frame);
+    # it raises StopIteration(pos) where raw_decode says "Expecting value".
+    scan_once = json.scanner.make_scanner(json.JSONDecoder())
     index = 0
     while True:
         if (buf.pos >= len(buf.text) or buf.text[buf.pos] in _WS_CHARS) and buf.skip_ws() == "":
@@ -147,7 +150,10 @@ def _elements(buf: _Buffer, max_record: int, last: bool) -> Iterator[object]:
                 return False  # the range ended after a separator: the next range starts here
             raise _truncated(buf, index, "file ends inside the array")
         try:
-            value, end = decode(buf.text, buf.pos)
+            try:
+                value, end = scan_once(buf.text, buf.pos)
+            except StopIteration as stop:
+                raise json.JSONDecodeError("Expecting value", buf.text, stop.value) from None
         except json.JSONDecodeError as exc:
             if not _may_continue(exc, len(buf.text)):
                 raise _truncated(buf, index, exc.msg, buf.offset(exc.pos)) from None
