@@ -4,7 +4,9 @@ Archives come from the network (COCO, GQA, ShareGPT4V WebData on Google Drive, u
 every member is treated as hostile until checked:
 
 - member names: absolute paths, drive letters, backslashes, `..` components and NUL bytes are refused
-  (zip slip); the whole archive is refused, naming the archive and the member;
+  (zip slip); the whole archive is refused, naming the archive and the member. A zip's names are all checked
+  before anything is written; a tar is a stream, so members before the bad one stay on disk (without a done
+  marker, so nothing counts as extracted);
 - links (symlinks, hardlinks) are never created: they are skipped and counted, so no link can point out of
   the target; device files and FIFOs are refused;
 - sizes: bytes are counted while streaming, never taken from headers. Each zip member may expand at most
@@ -270,7 +272,10 @@ def _write_marker(path: Path, report: dict) -> None:
 
 def _zip_members(archive: Path) -> Iterator[Member]:
     with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
+        infos = zf.infolist()
+        for info in infos:  # the central directory lists every name: refuse a bad one before writing any file
+            check_member_name(archive, info.orig_filename)
+        for info in infos:
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 kind = "link"
