@@ -49,19 +49,22 @@ def fetch_collection(
 ) -> dict:
     """Download and extract every archive of collection `spec`; return a plain summary.
 
-    `only`: archive names to fetch (optional archives are fetched only when named here).
+    `only`: archive names to fetch. Without it: the non-optional archives, plus the optional manual ones that
+    are given (`manual_source`) or already placed in <root>/downloads/<name>/.
     Summary: {"collection", "path", "archives": [{"name", "status", ...counts}], "missing": [names],
     "manual": instructions or None}. Status is one of: extracted, done (marker found, nothing to do),
     copied (manual image folder), missing (manual archive not provided).
     """
-    wanted = set(only) if only is not None else None
-    chosen = [a for a in spec.archives if (a.key in wanted if wanted is not None else not a.optional)]
+    placed = Path(root) / "downloads" / spec.name  # where a user may put manual downloads by hand
+    chosen = _chosen(spec, only, manual_source, placed)
     dest = collection_dir(spec, root)
     results = []
     manual = [a for a in chosen if a.url is None]
     for archive in chosen:
         if archive.url is not None:
             results.append(_fetch_one(spec, archive, root, dest, download, delete_archives, limits))
+    if manual_source is None and any((placed / a.filename).is_file() for a in manual):
+        manual_source = placed
     if manual or (spec.manual and not spec.archives):
         results += _from_manual_source(spec, manual, dest, manual_source, limits)
     return {
@@ -71,6 +74,16 @@ def fetch_collection(
         "missing": [r["name"] for r in results if r["status"] == "missing"],
         "manual": spec.manual if any(r["status"] == "missing" for r in results) else None,
     }
+
+
+def _chosen(spec, only, manual_source, placed: Path) -> list:
+    """Named archives; else the required ones, plus optional manual ones (SA-1B tars) when the user gives a
+    source or has put the file in <root>/downloads/<name>/ (what the SAM spec's manual note tells them)."""
+    if only is not None:
+        wanted = set(only)
+        return [a for a in spec.archives if a.key in wanted]
+    return [a for a in spec.archives if not a.optional
+            or (a.url is None and (manual_source is not None or (placed / a.filename).is_file()))]
 
 
 def _fetch_one(spec, archive, root: Path, dest: Path, download: Download, delete: bool, limits: Limits) -> dict:

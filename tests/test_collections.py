@@ -92,6 +92,18 @@ def test_manual_collection_without_source_reports_missing(sam, root):
     assert "ai.meta.com" in summary["manual"]
 
 
+def test_optional_manual_tars_placed_in_downloads_are_extracted(root):
+    manual = "signed links file"
+    spec = collection(name="sam", path="sam/images", manual=manual, archives=[
+        {"name": f"sa_00000{i}.tar", "manual": manual, "include": ["*.jpg"], "optional": True} for i in range(3)])
+    assert fetch_collection(spec, root, http_download)["archives"] == []  # optional, and nothing given
+    (root / "downloads/sam").mkdir(parents=True)
+    make_tar(root / "downloads/sam/sa_000001.tar", {"sa_9.jpg": b"j"})
+    summary = fetch_collection(spec, root, http_download)
+    assert [(a["name"], a["status"]) for a in summary["archives"]] == [("sa_000001.tar", "extracted")]
+    assert (root / "images/sam/images/sa_9.jpg").exists()
+
+
 def test_manual_folder_with_some_tars(sam, root, tmp_path):
     source = tmp_path / "sam_download"
     source.mkdir()
