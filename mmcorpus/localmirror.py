@@ -17,7 +17,6 @@ from __future__ import annotations
 import email.utils
 import json
 import mimetypes
-import os
 import posixpath
 import threading
 import time

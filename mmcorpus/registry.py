@@ -102,7 +102,7 @@ class Spec:
 # ------------------------------------------------------------------------------------------- validation
 
 
-class _Fields:
+class Fields:
     """Reads a YAML mapping key by key, naming file and key path in every error."""
 
     def __init__(self, data: Any, where: str, source: Path):
@@ -127,11 +127,11 @@ class _Fields:
         except (TypeError, ValueError) as exc:
             raise self.error(key, str(exc)) from None
 
-    def sub(self, key: str) -> "_Fields | None":
+    def sub(self, key: str) -> "Fields | None":
         self.seen.add(key)
         if self.data.get(key) is None:
             return None
-        return _Fields(self.data[key], self._path(key), self.source)
+        return Fields(self.data[key], self._path(key), self.source)
 
     def done(self) -> None:
         unknown = sorted(set(map(str, self.data)) - self.seen)
@@ -139,35 +139,35 @@ class _Fields:
             raise self.error(unknown[0], "is not a known key (typo?)")
 
 
-def _str(value: Any) -> str:
+def as_str(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise TypeError(f"must be a string, got {type(value).__name__}")
     return str(value)
 
 
-def _int(value: Any) -> int:
+def as_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise TypeError(f"must be a non-negative integer, got {value!r}")
     return value
 
 
-def _bool(value: Any) -> bool:
+def as_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"must be true or false, got {value!r}")
     return value
 
 
-def _str_list(value: Any) -> tuple[str, ...]:
+def as_str_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list):
         raise TypeError(f"must be a list of strings, got {type(value).__name__}")
-    return tuple(_str(v) for v in value)
+    return tuple(as_str(v) for v in value)
 
 
-def _one_of(*allowed: str) -> Callable[[Any], str]:
+def one_of(*allowed: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
-        value = _str(value)
+        value = as_str(value)
         if value not in allowed:
             raise ValueError(f"must be one of {', '.join(allowed)}; got {value!r}")
         return value
@@ -177,7 +177,7 @@ def _one_of(*allowed: str) -> Callable[[Any], str]:
 
 def _hex(kind: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
-        value = _str(value).lower()
+        value = as_str(value).lower()
         if not HEX_RE[kind].match(value):
             raise ValueError(f"must be a {kind} hex digest, got {value!r}")
         return value
@@ -186,7 +186,7 @@ def _hex(kind: str) -> Callable[[Any], str]:
 
 
 def _relative_path(value: Any) -> str:
-    value = _str(value).strip("/") if _str(value) != "" else ""
+    value = as_str(value).strip("/") if as_str(value) != "" else ""
     parts = value.split("/") if value else []
     if any(p in ("", ".", "..") for p in parts) or "\\" in value or "\0" in value:
         raise ValueError(f"must be a relative path without '..', got {value!r}")
@@ -194,7 +194,7 @@ def _relative_path(value: Any) -> str:
 
 
 def _filename(value: Any) -> str:
-    value = _str(value)
+    value = as_str(value)
     if "/" in value or "\\" in value or value in ("", ".", "..") or "\0" in value:
         raise ValueError(f"must be a plain file name, got {value!r}")
     return value
@@ -211,34 +211,34 @@ def default_filename(url: str | None, key: str) -> str:
     return key
 
 
-def _file_spec(f: _Fields, key: str, *, archive: bool) -> FileSpec:
-    url = f.get("url", _str)
-    manual = f.get("manual", _str)
+def _file_spec(f: Fields, key: str, *, archive: bool) -> FileSpec:
+    url = f.get("url", as_str)
+    manual = f.get("manual", as_str)
     if url is None and manual is None:
         raise f.error("url", "is required (or give 'manual' instructions)")
     values: dict[str, Any] = dict(
         key=key,
         url=url,
         filename=f.get("filename", _filename) or default_filename(url, key),
-        size=f.get("size", _int),
+        size=f.get("size", as_int),
         sha256=f.get("sha256", _hex("sha256")),
         md5=f.get("md5", _hex("md5")),
-        mirrors=f.get("mirrors", _str_list, ()),
-        optional=f.get("optional", _bool, False),
+        mirrors=f.get("mirrors", as_str_list, ()),
+        optional=f.get("optional", as_bool, False),
         manual=manual,
     )
     if archive:
         values.update(
-            strip=f.get("strip", _str, ""),
+            strip=f.get("strip", as_str, ""),
             into=f.get("into", _relative_path, ""),
-            include=f.get("include", _str_list, ()),
+            include=f.get("include", as_str_list, ()),
         )
     else:
         values.update(
-            role=f.get("role", _one_of(*FILE_ROLES), "annotations"),
+            role=f.get("role", one_of(*FILE_ROLES), "annotations"),
             image_prefix=f.get("image_prefix", _relative_path, ""),
-            columns=f.get("columns", _str_list, ()),
-            records=f.get("records", _int),
+            columns=f.get("columns", as_str_list, ()),
+            records=f.get("records", as_int),
         )
     f.done()
     return FileSpec(**values)
@@ -246,31 +246,31 @@ def _file_spec(f: _Fields, key: str, *, archive: bool) -> FileSpec:
 
 def parse_spec(data: Any, source: Path) -> Spec:
     """Validate one YAML document and turn it into a Spec (raises ConfigError naming file and key)."""
-    top = _Fields(data, "", source)
-    name = top.get("name", _str, required=True)
+    top = Fields(data, "", source)
+    name = top.get("name", as_str, required=True)
     if not NAME_RE.match(name):
         raise top.error("name", f"must be lower-case letters, digits, '_', '-' or '.', got {name!r}")
-    kind = top.get("kind", _one_of("dataset", "collection"), required=True)
+    kind = top.get("kind", one_of("dataset", "collection"), required=True)
     common = dict(
         name=name,
         kind=kind,
         source=source,
-        title=top.get("title", _str, ""),
-        description=top.get("description", _str, ""),
-        license=top.get("license", _str, ""),
-        homepage=top.get("homepage", _str, ""),
-        citation=top.get("citation", _str, ""),
-        version=top.get("version", _int, 1),
-        notes=top.get("notes", _str, ""),
-        manual=top.get("manual", _str),
+        title=top.get("title", as_str, ""),
+        description=top.get("description", as_str, ""),
+        license=top.get("license", as_str, ""),
+        homepage=top.get("homepage", as_str, ""),
+        citation=top.get("citation", as_str, ""),
+        version=top.get("version", as_int, 1),
+        notes=top.get("notes", as_str, ""),
+        manual=top.get("manual", as_str),
     )
     spec = _parse_dataset(top, common) if kind == "dataset" else _parse_collection(top, common)
     top.done()
     return spec
 
 
-def _parse_dataset(top: _Fields, common: dict) -> Spec:
-    stages = top.get("stages", _str_list, ())
+def _parse_dataset(top: Fields, common: dict) -> Spec:
+    stages = top.get("stages", as_str_list, ())
     for stage in stages:
         if stage not in STAGES:
             raise top.error("stages", f"has unknown stage {stage!r} (known: {', '.join(STAGES)})")
@@ -287,16 +287,16 @@ def _parse_dataset(top: _Fields, common: dict) -> Spec:
     fmt = top.sub("format")
     if fmt is None:
         raise top.error("format", "is required (format: {type: tsv|llava})")
-    format_type = fmt.get("type", _one_of(*FORMAT_TYPES), required=True)
-    columns = fmt.get("columns", _str_list, ())
+    format_type = fmt.get("type", one_of(*FORMAT_TYPES), required=True)
+    columns = fmt.get("columns", as_str_list, ())
     fmt.done()
     if format_type == "tsv" and not ({"url", "caption"} <= set(columns)):
         raise fmt.error("columns", "must name the 'url' and 'caption' columns for a tsv dataset")
     images = top.sub("images")
     images_from, collections = None, ()
     if images is not None:
-        images_from = images.get("from", _one_of("url"))
-        collections = images.get("collections", _str_list, ())
+        images_from = images.get("from", one_of("url"))
+        collections = images.get("collections", as_str_list, ())
         images.done()
     return Spec(
         **common,
@@ -309,21 +309,21 @@ def _parse_dataset(top: _Fields, common: dict) -> Spec:
     )
 
 
-def _parse_collection(top: _Fields, common: dict) -> Spec:
+def _parse_collection(top: Fields, common: dict) -> Spec:
     path = top.get("path", _relative_path, required=True)
     archives_raw = top.get("archives", lambda v: v if isinstance(v, list) else _fail_list(), [])
     top.seen.add("archives")
     archives = []
     for i, item in enumerate(archives_raw):
-        sub = _Fields(item, f"archives[{i}]", top.source)
-        name = sub.get("name", _str) or default_filename(sub.data.get("url"), f"archive{i}")
+        sub = Fields(item, f"archives[{i}]", top.source)
+        name = sub.get("name", as_str) or default_filename(sub.data.get("url"), f"archive{i}")
         archives.append(_file_spec(sub, name, archive=True))
     if not archives and common["manual"] is None:
         raise top.error("archives", "is required (or give 'manual' instructions)")
     keys = [a.key for a in archives]
     if len(set(keys)) != len(keys):
         raise top.error("archives", "has two archives with the same name; give each a distinct 'name'")
-    return Spec(**common, path=path, archives=tuple(archives), count=top.get("count", _int))
+    return Spec(**common, path=path, archives=tuple(archives), count=top.get("count", as_int))
 
 
 def _fail_list() -> Any:
@@ -353,19 +353,23 @@ def config_dirs(extra: Iterable[str | Path] = ()) -> list[Path]:
     return dirs
 
 
-def load_spec_file(path: Path) -> Spec:
+def read_yaml(path: Path, what: str = "spec") -> Any:
+    """Parse a user's YAML file; errors name the file (and line) in one line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read spec: {exc}") from None
+        raise ConfigError(f"{path}: cannot read {what}: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}:{line}: invalid YAML: {problem}") from None
-    return parse_spec(data, path)
+
+
+def load_spec_file(path: Path) -> Spec:
+    return parse_spec(read_yaml(path), path)
 
 
 @dataclass

@@ -28,15 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-import yaml
 
 from mmcorpus import __version__
 from mmcorpus.dedup import Deduper
-from mmcorpus.errors import ConfigError, UsageError
+from mmcorpus.errors import UsageError
 from mmcorpus.exports import write_llava_json, write_webdataset
 from mmcorpus.imagecheck import ImageChecker
 from mmcorpus.locks import hold_lock
-from mmcorpus.registry import NAME_RE, Registry, _Fields, _int, _one_of, _str, config_dirs
+from mmcorpus.registry import NAME_RE, Fields, Registry, as_int, as_str, config_dirs, one_of, read_yaml
 from mmcorpus.report import write_report
 from mmcorpus.sampling import Rule, parse_rule
 from mmcorpus.shards import StageWriter
@@ -88,11 +87,11 @@ def _rule(value) -> Rule:
 
 
 def _entry(item, index: int, source: Path, registry: Registry) -> MixEntry:
-    f = _Fields(item, f"datasets[{index}]", source)
-    dataset = f.get("dataset", _str, required=True)
-    subset = f.get("subset", _str, required=True)
+    f = Fields(item, f"datasets[{index}]", source)
+    dataset = f.get("dataset", as_str, required=True)
+    subset = f.get("subset", as_str, required=True)
     rule = f.get("sample", _rule, Rule("all"))
-    seed = f.get("seed", _int)
+    seed = f.get("seed", as_int)
     f.done()
     spec = registry.specs.get(dataset)
     if spec is None:
@@ -108,8 +107,8 @@ def _entry(item, index: int, source: Path, registry: Registry) -> MixEntry:
 
 
 def parse_mix(data, source: Path, registry: Registry) -> Mix:
-    top = _Fields(data, "", source)
-    name = top.get("name", _str, required=True)
+    top = Fields(data, "", source)
+    name = top.get("name", as_str, required=True)
     if not NAME_RE.match(name):
         raise top.error("name", f"must be lower-case letters, digits, '_', '-' or '.', got {name!r}")
     items = top.get("datasets", lambda v: v if isinstance(v, list) and v else _fail_list(), required=True)
@@ -122,9 +121,9 @@ def parse_mix(data, source: Path, registry: Registry) -> Mix:
         name=name,
         source=source,
         entries=entries,
-        description=top.get("description", _str, ""),
-        text_only=top.get("text_only", _one_of(*TEXT_ONLY), "keep"),
-        seed=top.get("seed", _int, 0),
+        description=top.get("description", as_str, ""),
+        text_only=top.get("text_only", one_of(*TEXT_ONLY), "keep"),
+        seed=top.get("seed", as_int, 0),
     )
     top.done()
     return mix
@@ -135,16 +134,7 @@ def _fail_list():
 
 
 def load_mix(path: Path, registry: Registry) -> Mix:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read mix: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
-    return parse_mix(data, path, registry)
+    return parse_mix(read_yaml(Path(path), "mix"), Path(path), registry)
 
 
 def stage_files(extra_dirs: Iterable[str | Path] = ()) -> dict[str, Path]:
