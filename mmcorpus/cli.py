@@ -20,7 +20,7 @@ import typer
 
 from mmcorpus import __version__
 from mmcorpus.errors import EXIT_FAILED, EXIT_USAGE, MMCorpusError, UsageError
-from mmcorpus.progress import human_bytes, set_bars
+from mmcorpus.progress import human_bytes, set_quiet
 from mmcorpus.registry import Registry, spec_to_dict
 
 DEFAULT_ROOT = "~/mmcorpus-data"
@@ -90,7 +90,7 @@ def _configure_logging(state: Context) -> None:
         handler.setLevel(logging.DEBUG if state.verbose else logging.INFO)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         logger.addHandler(handler)
-    set_bars(False if state.quiet else None)
+    set_quiet(state.quiet)
 
 
 def _handle_errors(func):
@@ -247,7 +247,7 @@ def fetch(
     workers: Annotated[Optional[int], typer.Option(help="Processes for image work.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Download threads per process.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N samples (trials).")] = None,
-    resize: Annotated[Optional[str], typer.Option(help="Resize images to SIZE (longest side) or 'none'.")] = None,
+    resize: Annotated[Optional[str], typer.Option(help="Resize images so the shorter side is SIZE (JPEG), or 'none' to keep the bytes.")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Total deadline per image, seconds.")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-try transient image failures.")] = False,
     mirror: Annotated[Optional[list[str]], typer.Option(help="Rewrite URL prefixes FROM=TO (repeatable).")] = None,

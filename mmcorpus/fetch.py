@@ -207,7 +207,10 @@ def urllist_options(options: FetchOptions):
     image = options.images
     given = {k: v for k, v in vars(image).items() if v is not None and k != "engine"}
     rewrite = options.download.rewrite
-    return urllist.UrlListOptions(rewrite=rewrite, mirror_hosts=frozenset(rewrite.mirror_hosts()), **given)
+    from mmcorpus.progress import is_quiet
+
+    return urllist.UrlListOptions(rewrite=rewrite, mirror_hosts=frozenset(rewrite.mirror_hosts()),
+                                  progress=not is_quiet(), **given)
 
 
 def _collections_needed(registry: Registry, target: Target, report: dict, options: FetchOptions) -> list[str]:

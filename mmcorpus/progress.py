@@ -8,14 +8,26 @@ import time
 
 log = logging.getLogger("mmcorpus")
 
-# Set by the CLI from --quiet / --progress; None means "bars when stderr is a TTY".
+# Set by the CLI from --quiet; None means "bars when stderr is a TTY".
 _bars_enabled: bool | None = None
+_quiet = False
 LOG_EVERY_S = 10.0
 
 
 def set_bars(enabled: bool | None) -> None:
     global _bars_enabled
     _bars_enabled = enabled
+
+
+def set_quiet(quiet: bool) -> None:
+    """--quiet: no bars and no periodic progress lines, only errors and the final summary."""
+    global _quiet
+    _quiet = quiet
+    set_bars(False if quiet else None)
+
+
+def is_quiet() -> bool:
+    return _quiet
 
 
 def bars_enabled() -> bool:
