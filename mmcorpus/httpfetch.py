@@ -228,7 +228,9 @@ class Fetcher:
             raise
         except (socket.timeout, TimeoutError):
             raise Failure("timeout", detail="socket timeout") from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            # ValueError (UnicodeError among them): a request or answer http.client cannot encode or parse.
+            # One odd URL among millions must cost its row, never the run.
             self._drop(target, conn)
             # After the watchdog shut the socket down, the read fails with some OSError: it is a timeout.
             if time.monotonic() >= deadline:

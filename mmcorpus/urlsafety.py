@@ -52,16 +52,32 @@ def parse_target(url: str) -> Target:
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
         raise BlockedURL(f"scheme {scheme or '(none)'!r} is not http or https")
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise BlockedURL("URL has no host")
+    host = _ascii_host((parts.hostname or "").lower())
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    # Spaces and control characters would make http.client refuse the request line; real CC3M URLs have
-    # spaces, which browsers send percent-encoded.
-    path = "".join(f"%{ord(c):02X}" if ord(c) <= 0x20 or ord(c) == 0x7F else c for c in path)
-    return Target(scheme, host, port or DEFAULT_PORTS[scheme], path)
+    return Target(scheme, host, port or DEFAULT_PORTS[scheme], _quote_unsafe(path))
+
+
+def _ascii_host(host: str) -> str:
+    """IDNA form of an internationalised host name (http.client sends the Host header as ASCII)."""
+    if not host:
+        raise BlockedURL("URL has no host")
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise BlockedURL(f"host {host!r} is not a valid domain name") from None
+
+
+def _quote_unsafe(path: str) -> str:
+    """Percent-encode what may not appear on a request line, as browsers do: spaces and control characters
+    (real CC3M URLs contain spaces) and non-ASCII characters (as UTF-8). Existing %XX escapes are kept.
+    Without this http.client raises InvalidURL or UnicodeEncodeError instead of fetching the image."""
+    if path.isascii() and not any(ord(c) <= 0x20 or ord(c) == 0x7F for c in path):
+        return path
+    return "".join(c if 0x20 < ord(c) < 0x7F else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in path)
 
 
 def is_public(address: str) -> bool:

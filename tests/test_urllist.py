@@ -157,6 +157,14 @@ def test_redirect_followed_and_transient_errors_retried(tmp_path, root, mirror):
     assert len(mirror.hits("missing.jpg")) == 1  # a 404 is final: never retried
 
 
+def test_urls_with_spaces_and_non_ascii_characters(tmp_path, root, mirror):
+    mirror.put("caf\u00e9 cr\u00e8me.jpg", jpeg())
+    tsv = write_tsv(tmp_path / "list.tsv", [("x", f"{mirror.url}/caf\u00e9 cr\u00e8me.jpg")])
+    fetch_url_list(CC3M, "train", tsv, root, options())
+    assert status_rows(root)[0]["status"] == "ok"
+    assert mirror.requests[0].path == "/caf%C3%A9%20cr%C3%A8me.jpg"
+
+
 def test_opt_out_can_be_turned_off(tmp_path, root, mirror):
     mirror.add("noai.jpg", Route(body=jpeg(), headers={"X-Robots-Tag": "noindex, noimageai"}))
     tsv = write_tsv(tmp_path / "list.tsv", [("x", f"{mirror.url}/noai.jpg")])

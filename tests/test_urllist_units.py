@@ -74,6 +74,11 @@ def test_parse_target_quotes_spaces():
     assert (target.scheme, target.host, target.port, target.path) == ("https", "example.com", 443, "/a%20b.jpg?q=1%202")
 
 
+def test_parse_target_non_ascii():
+    assert parse_target("http://x/caf\u00e9 1.jpg?a=%C3%A9").path == "/caf%C3%A9%201.jpg?a=%C3%A9"
+    assert parse_target("http://b\u00fccher.example/x").host == "xn--bcher-kva.example"
+
+
 @pytest.mark.parametrize("address, public", [
     ("8.8.8.8", True), ("2001:4860:4860::8888", True), ("127.0.0.1", False), ("10.0.0.1", False),
     ("192.168.1.1", False), ("172.16.0.1", False), ("169.254.169.254", False), ("::1", False), ("fe80::1", False),
