@@ -26,6 +26,9 @@ REDIRECTS = (301, 302, 303, 307, 308)
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 UA_TOKEN = "mmcorpus"
 _DRAIN_LIMIT = 64 * 1024  # error bodies up to this size are read to keep the connection; larger ones close it
+# Kept-alive connections per thread. CC12M spreads over hundreds of thousands of hosts: without a bound every
+# thread would keep a socket to each host it ever met and the process would run out of file descriptors.
+CONNECTIONS_PER_THREAD = 4
 
 
 @dataclass(frozen=True)
@@ -107,12 +110,21 @@ class Watchdog:
 class _PinnedHTTP(http.client.HTTPConnection):
     """Connects to an address checked by AddressPolicy, not to whatever DNS says at connect time."""
 
-    def __init__(self, host: str, port: int, address: str, timeout: float):
+    def __init__(self, host: str, port: int, addresses: list[str], timeout: float):
         super().__init__(host, port, timeout=timeout)
-        self.address = address
+        self.addresses = addresses
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+        """Try the checked addresses in turn (a host whose IPv6 address is unreachable still works over IPv4)."""
+        error: OSError | None = None
+        for address in self.addresses:
+            try:
+                self.sock = socket.create_connection((address, self.port), self.timeout)
+                break
+            except OSError as exc:
+                error = exc
+        else:
+            raise error or OSError(f"no address for {self.host}")
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
@@ -133,8 +145,7 @@ class Fetcher:
         self.addresses = AddressPolicy(policy.allowed_hosts, policy.allow_private_hosts)
         self.watchdog = Watchdog()
         self._local = threading.local()
-        self._hosts: dict[str, threading.BoundedSemaphore] = {}
-        self._hosts_lock = threading.Lock()
+        self._hosts = HostSlots(policy.host_connections)
 
     def close(self) -> None:
         """Stop the watchdog and the resolver pool (connections close with their threads)."""
@@ -183,13 +194,12 @@ class Fetcher:
     # ---------------------------------------------------------------------------------- one hop
     def _request(self, target: Target, deadline: float) -> tuple[str | None, bytes, int]:
         """One request. Returns (redirect location, b"", status) or (None, body, status)."""
-        slot = self._host_slot(target.host)
-        if not slot.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        if not self._hosts.acquire(target.host, timeout=max(0.0, deadline - time.monotonic())):
             raise Failure("timeout", detail=f"no free connection to {target.host} before the deadline")
         try:
             return self._request_with_retry_on_stale(target, deadline)
         finally:
-            slot.release()
+            self._hosts.release(target.host)
 
     def _request_with_retry_on_stale(self, target: Target, deadline: float) -> tuple[str | None, bytes, int]:
         conn, reused = self._connection(target, deadline)
@@ -282,14 +292,8 @@ class Fetcher:
         return {"User-Agent": self.policy.user_agent, "Accept": "image/*,*/*;q=0.8", "Accept-Encoding": "identity"}
 
     # ------------------------------------------------------------------------------- connections
-    def _host_slot(self, host: str) -> threading.BoundedSemaphore:
-        with self._hosts_lock:
-            slot = self._hosts.get(host)
-            if slot is None:
-                slot = self._hosts[host] = threading.BoundedSemaphore(self.policy.host_connections)
-            return slot
-
     def _pool(self) -> dict:
+        """This thread's kept-alive connections by origin, least recently used first."""
         pool = getattr(self._local, "pool", None)
         if pool is None:
             pool = self._local.pool = {}
@@ -298,19 +302,23 @@ class Fetcher:
     def _connection(self, target: Target, deadline: float) -> tuple[_PinnedHTTP, bool]:
         """A kept-alive connection to the target's origin, or a new one (address checked first)."""
         pool = self._pool()
-        conn = pool.get(target.origin)
+        conn = pool.pop(target.origin, None)
         if conn is not None and conn.sock is not None:
+            pool[target.origin] = conn  # most recently used now
             return conn, True
         try:
-            address = self.addresses.address_for(target, deadline)
+            addresses = self.addresses.addresses_for(target, deadline)
         except BlockedURL as exc:
             raise Failure("blocked_url", detail=str(exc)) from None
         except ResolveTimeout:
             raise Failure("timeout", detail=f"DNS for {target.host}") from None
         except OSError as exc:  # socket.gaierror: no such host
             raise Failure("connection", detail=f"DNS: {exc}") from None
+        while len(pool) >= CONNECTIONS_PER_THREAD:
+            pool.pop(next(iter(pool))).close()
         cls = _PinnedHTTPS if target.scheme == "https" else _PinnedHTTP
-        conn = pool[target.origin] = cls(target.host, target.port, address, timeout=max(0.01, deadline - time.monotonic()))
+        timeout = max(0.01, deadline - time.monotonic())
+        conn = pool[target.origin] = cls(target.host, target.port, addresses, timeout=timeout)
         return conn, False
 
     def _drop(self, target: Target, conn: _PinnedHTTP) -> None:
@@ -318,6 +326,42 @@ class Fetcher:
         pool = self._pool()
         if pool.get(target.origin) is conn:
             del pool[target.origin]
+
+
+class HostSlots:
+    """At most `limit` requests in flight per host. Entries exist only while a host has requests in flight,
+    so the table stays small however many hosts a list names."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._slots: dict[str, list] = {}  # host -> [semaphore, users]
+        self._lock = threading.Lock()
+
+    def acquire(self, host: str, timeout: float) -> bool:
+        with self._lock:
+            entry = self._slots.get(host)
+            if entry is None:
+                entry = self._slots[host] = [threading.BoundedSemaphore(self.limit), 0]
+            entry[1] += 1
+        if entry[0].acquire(timeout=timeout):
+            return True
+        self._leave(host, entry)
+        return False
+
+    def release(self, host: str) -> None:
+        with self._lock:
+            entry = self._slots[host]
+        entry[0].release()
+        self._leave(host, entry)
+
+    def _leave(self, host: str, entry: list) -> None:
+        with self._lock:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._slots[host]
+
+    def __len__(self) -> int:
+        return len(self._slots)
 
 
 def _abandon(response: http.client.HTTPResponse) -> None:

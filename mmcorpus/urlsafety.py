@@ -3,7 +3,7 @@
 Only http and https, checked again at every redirect hop (a public page may redirect to file:// or to the
 cloud metadata service at 169.254.169.254). Hosts that resolve to loopback, private, link-local or other
 non-public addresses are refused, unless the host is a --mirror target or --allow-private-hosts is given.
-The check is done on the resolved addresses and the connection is then made to exactly that address, so a
+The check is done on the resolved addresses and the connection is then made to exactly those addresses, so a
 DNS answer that changes between check and connect (DNS rebinding) cannot slip through.
 """
 
@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 DNS_CACHE_SECONDS = 300.0
+DNS_CACHE_ENTRIES = 20_000  # a list names hundreds of thousands of hosts: the cache must not grow with it
 
 
 class BlockedURL(Exception):
@@ -104,15 +105,15 @@ class AddressPolicy:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def address_for(self, target: Target, deadline: float) -> str:
-        """The address to connect to, or BlockedURL / ResolveTimeout / socket.gaierror."""
+    def addresses_for(self, target: Target, deadline: float) -> list[str]:
+        """The checked addresses to connect to, in order, or BlockedURL / ResolveTimeout / socket.gaierror."""
         addresses = self._resolve(target.host, target.port, deadline)
         if self.allow_private or target.host in self.allowed_hosts:
-            return addresses[0]
+            return addresses
         refused = [a for a in addresses if not is_public(a)]
         if refused:  # one private answer is enough to refuse: a mixed answer is a rebinding trick
             raise BlockedURL(f"{target.host} resolves to non-public address {refused[0]}")
-        return addresses[0]
+        return addresses
 
     def _resolve(self, host: str, port: int, deadline: float) -> list[str]:
         try:
@@ -134,5 +135,7 @@ class AddressPolicy:
         if not addresses:
             raise socket.gaierror(f"no address for {host}")
         with self._lock:
+            if len(self._cache) >= DNS_CACHE_ENTRIES:
+                self._cache.clear()  # crude but bounded; the hosts that matter come back on their next row
             self._cache[(host, port)] = (now + DNS_CACHE_SECONDS, addresses)
         return addresses

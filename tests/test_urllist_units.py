@@ -90,15 +90,15 @@ def test_public_addresses(address, public):
 def test_address_policy():
     policy = AddressPolicy(allowed_hosts=frozenset({"10.0.0.5"}))
     try:
-        assert policy.address_for(parse_target("http://10.0.0.5/x"), deadline=time.monotonic() + 5) == "10.0.0.5"
+        assert policy.addresses_for(parse_target("http://10.0.0.5/x"), deadline=time.monotonic() + 5) == ["10.0.0.5"]
         with pytest.raises(BlockedURL):
-            policy.address_for(parse_target("http://10.0.0.6/x"), deadline=time.monotonic() + 5)
+            policy.addresses_for(parse_target("http://10.0.0.6/x"), deadline=time.monotonic() + 5)
         with pytest.raises(BlockedURL):
-            policy.address_for(parse_target("http://localhost/x"), deadline=time.monotonic() + 5)
+            policy.addresses_for(parse_target("http://localhost/x"), deadline=time.monotonic() + 5)
     finally:
         policy.close()
     everything = AddressPolicy(allow_private=True)
-    assert everything.address_for(parse_target("http://10.0.0.6/x"), deadline=time.monotonic() + 5) == "10.0.0.6"
+    assert everything.addresses_for(parse_target("http://10.0.0.6/x"), deadline=time.monotonic() + 5) == ["10.0.0.6"]
     everything.close()
 
 
@@ -171,3 +171,32 @@ def test_resize_geometry_and_output():
     assert target_size(200, 100, 256) == (200, 100)
     prepared = prepare(_encode("PNG", (1000, 500), mode="RGBA"), resize=100)
     assert (prepared.ext, prepared.width, prepared.height, sniff(prepared.data)) == ("jpg", 200, 100, "JPEG")
+
+
+# ------------------------------------------------------------------------------------ bounded resources
+
+
+def test_host_slots_cap_and_forget_idle_hosts():
+    from mmcorpus.httpfetch import HostSlots
+
+    slots = HostSlots(limit=2)
+    assert slots.acquire("a", 0) and slots.acquire("a", 0)
+    assert not slots.acquire("a", 0)  # third request to the same host waits (here: gives up at once)
+    assert slots.acquire("b", 0) and len(slots) == 2
+    for host in ("a", "a", "b"):
+        slots.release(host)
+    assert len(slots) == 0
+
+
+def test_connections_per_thread_are_bounded(mirror, monkeypatch):
+    from mmcorpus import httpfetch
+
+    monkeypatch.setattr(httpfetch, "CONNECTIONS_PER_THREAD", 1)
+    mirror.put("a.jpg", b"x")
+    fetcher = httpfetch.Fetcher(httpfetch.FetchPolicy(allow_private_hosts=True))
+    try:
+        for host in ("127.0.0.1", "localhost", "127.0.0.1"):  # two origins, one kept connection
+            assert fetcher.fetch(f"http://{host}:{mirror.port}/a.jpg").data == b"x"
+            assert [origin[1] for origin in fetcher._pool()] == [host]
+    finally:
+        fetcher.close()
