@@ -22,17 +22,12 @@ from mmcorpus.downloaders.urllist import PrefixRewrite, UrlListOptions, fetch_ur
 from mmcorpus.localmirror import Route
 from mmcorpus.registry import Spec
 from mmcorpus.schema import ERRORS, STATUS_SCHEMA
+from urllist_helpers import bomb_png, jpeg
 
 SAMPLES = Path(__file__).parent / "data" / "samples"
 CC3M = Spec(name="cc3m", kind="dataset", source=Path("cc3m.yaml"), format_columns=("caption", "url"))
 CC12M = Spec(name="cc12m", kind="dataset", source=Path("cc12m.yaml"), format_columns=("url", "caption"))
 REPO = Path(__file__).resolve().parent.parent
-
-
-def jpeg(width: int = 64, height: int = 48, color=(200, 30, 30)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(out, "JPEG", quality=90)
-    return out.getvalue()
 
 
 def options(**overrides) -> UrlListOptions:
@@ -415,8 +410,6 @@ def _tiff() -> bytes:
 
 def _bomb_png() -> bytes:
     """A PNG claiming 30,000 x 30,000 pixels (900 MP) in a few bytes: refused from the header."""
-    from tests.test_urllist_units import bomb_png
-
     return bomb_png(30_000, 30_000)
 
 

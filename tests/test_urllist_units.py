@@ -12,6 +12,7 @@ from mmcorpus.httpfetch import _retry_after, opted_out
 from mmcorpus.imaging import ImageRejected, prepare, sniff, target_size
 from mmcorpus.tsv import ColumnLayout, read_rows
 from mmcorpus.urlsafety import AddressPolicy, BlockedURL, is_public, parse_target
+from urllist_helpers import bomb_png
 
 
 # ------------------------------------------------------------------------------------------------- tsv
@@ -143,19 +144,6 @@ def test_rejected_bytes(data, error):
     with pytest.raises(ImageRejected) as caught:
         prepare(data)
     assert caught.value.error == error
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A PNG header claiming width x height pixels, with almost no data: what a decompression bomb looks
-    like before decoding (built by hand: encoding a real 400 MP image would take seconds)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("side", [5_000, 30_000])  # above our cap; above Pillow's own bomb limit too

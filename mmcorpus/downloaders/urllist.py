@@ -46,7 +46,7 @@ from mmcorpus.downloaders.urllist_shards import (
     write_marker,
     write_status,
 )
-from mmcorpus.errors import UsageError
+from mmcorpus.errors import BadInputError, UsageError
 from mmcorpus.httpfetch import Fetcher, FetchPolicy
 from mmcorpus.imaging import DEFAULT_MAX_PIXELS, ImageRejected, prepare
 from mmcorpus.registry import Spec
@@ -266,6 +266,8 @@ def fetch_url_list(spec: Spec, subset: str, tsv_path: str | Path, root: str | Pa
     """
     options = options or UrlListOptions()
     options.check()
+    if not Path(tsv_path).is_file():
+        raise BadInputError(f"{tsv_path}: URL list not found (fetch the dataset's files first)")
     file_spec = spec.files.get(subset)
     columns = tuple((file_spec.columns if file_spec is not None else ()) or spec.format_columns)
     shard = options.shard or shard_from_env()

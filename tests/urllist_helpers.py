@@ -1,0 +1,26 @@
+"""Test images for the URL-list engine's tests, generated with Pillow (or by hand where Pillow would be slow)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+from PIL import Image
+
+
+def jpeg(width: int = 64, height: int = 48, color=(200, 30, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A PNG header claiming width x height pixels, with almost no data: what a decompression bomb looks
+    like before decoding (built by hand: encoding a real 400 MP image would take seconds)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
