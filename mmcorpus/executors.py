@@ -59,9 +59,13 @@ def run_url_list(spec: Spec, subset: str, tsv_path: str | Path, root: str | Path
 
         if executor not in DISTRIBUTORS:
             raise UsageError(f"--engine img2dataset runs with --executor {', '.join(DISTRIBUTORS)}, got {executor!r}")
-        if executor == "ray":
-            _connect_ray(_import_ray(), ray_address, tasks)  # img2dataset's ray distributor needs ray.init done
-        return fetch_with_img2dataset(spec, subset, tsv_path, root, options, distributor=DISTRIBUTORS[executor])
+        ray = _import_ray() if executor == "ray" else None
+        owned = ray is not None and _connect_ray(ray, ray_address, tasks)  # its ray distributor needs ray.init done
+        try:
+            return fetch_with_img2dataset(spec, subset, tsv_path, root, options, distributor=DISTRIBUTORS[executor])
+        finally:
+            if owned:
+                ray.shutdown()
     if executor == "local":
         return fetch_url_list(spec, subset, tsv_path, root, options)
     if executor == "ray":
