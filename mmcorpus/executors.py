@@ -52,13 +52,10 @@ def run_url_list(spec: Spec, subset: str, tsv_path: str | Path, root: str | Path
     """Fetch the images of one URL-list file with the chosen engine and executor (module docstring).
     Raises UsageError (exit 2) for an unknown or uninstalled executor/engine and bad options."""
     options = options or UrlListOptions()
-    if engine not in ENGINES:
-        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    check_available(executor, engine)
     if engine == "img2dataset":
         from mmcorpus.downloaders.img2dataset_engine import DISTRIBUTORS, fetch_with_img2dataset
 
-        if executor not in DISTRIBUTORS:
-            raise UsageError(f"--engine img2dataset runs with --executor {', '.join(DISTRIBUTORS)}, got {executor!r}")
         ray = _import_ray() if executor == "ray" else None
         owned = ray is not None and _connect_ray(ray, ray_address, tasks)  # its ray distributor needs ray.init done
         try:
@@ -68,13 +65,27 @@ def run_url_list(spec: Spec, subset: str, tsv_path: str | Path, root: str | Path
                 ray.shutdown()
     if executor == "local":
         return fetch_url_list(spec, subset, tsv_path, root, options)
-    if executor == "ray":
-        return run_on_ray(spec, subset, tsv_path, root, options, address=ray_address, tasks=tasks,
-                          max_retries=max_retries)
-    raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    return run_on_ray(spec, subset, tsv_path, root, options, address=ray_address, tasks=tasks,
+                      max_retries=max_retries)
 
 
 # -------------------------------------------------------------------------------------------------- ray
+
+
+def check_available(executor: str = "local", engine: str = "native") -> None:
+    """Fail early (UsageError, exit 2), before any download, when the executor or engine cannot run here."""
+    if engine not in ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "img2dataset":
+        from mmcorpus.downloaders.img2dataset_engine import DISTRIBUTORS, import_img2dataset
+
+        if executor not in DISTRIBUTORS:
+            raise UsageError(f"--engine img2dataset runs with --executor {', '.join(DISTRIBUTORS)}, got {executor!r}")
+        import_img2dataset()
+    elif executor not in EXECUTORS:
+        raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "ray":
+        _import_ray()
 
 
 def _import_ray():
@@ -82,6 +93,9 @@ def _import_ray():
         import ray
     except ImportError:
         raise UsageError(f"--executor ray needs Ray, which is not installed: {RAY_INSTALL}") from None
+    if not hasattr(ray, "init"):  # a folder named ray (Ray's own /tmp/ray session folder) in the working directory
+        raise UsageError(f"'import ray' finds the folder {list(getattr(ray, '__path__', []))}, not Ray: "
+                         "run from another directory")
     return ray
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from mmcorpus.downloaders.urllist import UrlListOptions, UrlListSummary, fetch_url_list
 from mmcorpus.errors import MMCorpusError, UsageError
-from mmcorpus.executors import merge_summaries, run_url_list, task_shards
+from mmcorpus.executors import check_available, merge_summaries, run_url_list, task_shards
 from mmcorpus.localmirror import Route
 from mmcorpus.registry import Spec
 
@@ -136,6 +136,9 @@ def test_ray_missing_is_one_clear_usage_error(url_list, root, monkeypatch):
         run_url_list(CC3M, "train", url_list, root, options(), executor="ray")
     assert "pip install 'mmcorpus[ray]'" in str(caught.value) and "\n" not in str(caught.value)
     assert caught.value.exit_code == 2
+    with pytest.raises(UsageError, match="mmcorpus\\[ray\\]"):  # the CLI's check before any download
+        check_available("ray", "native")
+    check_available("local", "native")
 
 
 # ---------------------------------------------------------------------------------------------------- ray

@@ -89,6 +89,9 @@ def import_img2dataset():
         import img2dataset
     except ImportError:
         raise UsageError(INSTALL) from None
+    except AttributeError as exc:  # its distributor module does `import ray; @ray.remote`: a folder named ray
+        raise UsageError(f"img2dataset failed to import ({exc}): is there a folder named ray in the working "
+                         "directory (Ray's /tmp/ray)? Run from another directory") from None
     return img2dataset
 
 
