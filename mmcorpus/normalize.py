@@ -38,6 +38,7 @@ MAX_WORKERS = 8
 # Normalized files are an intermediate (stages are built from them and written with zstd): snappy writes in
 # half the CPU time of zstd, for ~40 % larger files.
 COMPRESSION = "snappy"
+SPILL_BATCH_ROWS = 2_000
 
 
 def normalize_dataset(spec, root: Path, subsets: list[str] | None = None, *, workers: int | None = None,
@@ -151,7 +152,9 @@ def _run_part(plan: _Plan, staging: Path, index: int, byte_range) -> dict:
     if index == 0:
         writer = plan.writer(staging, "part000")
     else:
-        writer = plan.writer(staging, f"spill{index:03d}", fmt="arrow", rows_per_shard=1 << 62)
+        # A temporary file: small record batches, so little is gathered in memory before it is written.
+        writer = plan.writer(staging, f"spill{index:03d}", fmt="arrow", rows_per_shard=1 << 62,
+                             row_group_size=SPILL_BATCH_ROWS)
     with writer, _no_cyclic_gc():
         for batch in normalizer_module(plan.spec.format_type).normalize(job):
             writer.write_batch(_resolve_images(batch, resolver))

@@ -166,7 +166,7 @@ def tree_pss_kib(pid: int) -> int:
     return total
 
 
-def sample_peak(pid: int, stop: threading.Event, out: dict, every: float = 0.2) -> None:
+def sample_peak(pid: int, stop: threading.Event, out: dict, every: float = 0.5) -> None:
     while not stop.wait(every):
         out["peak"] = max(out.get("peak", 0), tree_pss_kib(pid))
 
