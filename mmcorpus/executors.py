@@ -106,8 +106,8 @@ def _connect_ray(ray, address: str | None, cpus: int | None) -> bool:
     quiet = dict(logging_level=logging.WARNING, log_to_driver=False)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        try:
-            ray.init(address=address, **quiet)
+        try:  # no extra settings: a Ray Client (ray://) connection accepts few of them
+            ray.init(address=address)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise MMCorpusError(f"cannot reach the Ray cluster at {address}: {exc}") from None
         return True
