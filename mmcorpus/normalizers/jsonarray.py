@@ -1,9 +1,10 @@
 """Stream the elements of a top-level JSON array with bounded memory, at the speed of the `json` C scanner.
 
-LLaVA-style files are one JSON array of ~1 GB (P6). `json.load` needs ~5 GB of RAM for it; ijson keeps memory
-flat but builds each value through Python callbacks and is several times slower even with its C backend
-(measured in docs/benchmarks.md). This reader keeps a sliding text buffer of a few MB and hands each element to
-`json.JSONDecoder.raw_decode`, so every record is parsed by the C scanner and only one buffer is held.
+LLaVA-style files are one JSON array of ~1 GB (P6). `json.load` needs ~5 GB of RAM for it. ijson keeps memory
+flat and its C backend (yajl2_c) parses as fast as this reader (docs/benchmarks.md), but it cannot start at a
+record boundary in the middle of the file, which is what lets several processes share one file
+(`split_points`), and its pure-Python fallback is ~10x slower. This reader keeps a sliding text buffer of 1 MB
+and hands each element to json's C scanner, so only one buffer and one record are held at a time.
 
 Errors (truncated file, invalid JSON, not an array, bad UTF-8) raise BadInputError naming the file, the byte
 offset and the index of the record, never a traceback.
