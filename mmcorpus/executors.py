@@ -26,8 +26,10 @@ one-line usage error (exit 2) that says what to install.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -144,6 +146,13 @@ def run_on_ray(spec: Spec, subset: str, tsv_path: str | Path, root: str | Path, 
         raise UsageError("--tasks must be at least 1")
     ray = _import_ray()
     started = time.monotonic()
+    # Ray's driver threads print task retries and worker errors on stdout, which carries `fetch --json`
+    with contextlib.redirect_stdout(sys.stderr):
+        return _run_on_ray(ray, spec, subset, tsv_path, root, options, address, tasks, max_retries, started)
+
+
+def _run_on_ray(ray, spec: Spec, subset: str, tsv_path: str | Path, root: str | Path, options: UrlListOptions,
+                address: str | None, tasks: int | None, max_retries: int, started: float) -> UrlListSummary:
     owned = _connect_ray(ray, address, tasks)
     try:
         tasks = tasks or _default_tasks(ray, spec, subset, options)
