@@ -27,6 +27,7 @@ import random
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -296,6 +297,30 @@ def check_classification(root: Path, manifest: dict) -> list[str]:
 # ----------------------------------------------------------------------------------------------------- main
 
 
+def measure_round(args, server: Server, manifest: dict, ours_tsv: Path, their_tsv: Path, out: Path,
+                  have_i2d: bool) -> dict:
+    """Every mode once: img2dataset, then mmcorpus, back to back."""
+    round_ = {"load_before": " ".join(Path("/proc/loadavg").read_text().split()[:3]), "modes": {}}
+    for mode in args.modes.split(","):
+        resize = 256 if mode == "resize" else None
+        entry = {}
+        if have_i2d:
+            entry["img2dataset"] = run_img2dataset(server, args.i2d_venv, their_tsv, out / "i2d", args.workers,
+                                                   args.threads, resize, args.shard_size)
+        entry["mmcorpus"] = run_mmcorpus(server, ours_tsv, out / "mm", args.workers, args.threads, resize,
+                                         args.shard_size)
+        entry["mmcorpus"]["mismatches"] = check_classification(out / "mm", manifest)
+        for tool in entry.values():
+            tool["images_per_s"] = round(tool["ok"] / tool["seconds"], 1)
+            tool["cpu_ms_per_image"] = round(tool["cpu_seconds"] / tool["ok"] * 1000, 2)
+        if have_i2d:
+            ours, theirs = entry["mmcorpus"], entry["img2dataset"]
+            entry["ratio"] = round(ours["images_per_s"] / theirs["images_per_s"], 2)
+            entry["cpu_ratio"] = round(theirs["cpu_ms_per_image"] / ours["cpu_ms_per_image"], 2)
+        round_["modes"][mode] = entry
+    return round_
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=10_000)
@@ -303,6 +328,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=64, help="per process, for both tools")
     parser.add_argument("--shard-size", type=int, default=1000, help="rows per shard, for both tools")
     parser.add_argument("--modes", default="resize,original")
+    parser.add_argument("--repeat", type=int, default=1, help="measure every mode this many times (medians shown)")
     parser.add_argument("--nginx-workers", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("/tmp/mmcorpus-bench"))
     parser.add_argument("--out", type=Path, default=Path("/dev/shm/mmcorpus-bench-out") if Path("/dev/shm").is_dir()
@@ -331,29 +357,13 @@ def main() -> None:
     server = Server(args.work, Path(manifest["www"]), manifest, args.nginx_workers)
     results: dict = {"n": args.n, "workers": args.workers, "threads": args.threads, "server": server.kind,
                      "cpus": os.cpu_count(), "mean_jpeg_bytes": round(manifest["mean_bytes"]),
-                     "faulty": len(manifest["expected"]) - manifest["expected"].count("ok"), "modes": {},
-                     "load_before": " ".join(Path("/proc/loadavg").read_text().split()[:3])}
+                     "faulty": len(manifest["expected"]) - manifest["expected"].count("ok"), "runs": []}
     try:
         ours_tsv, their_tsv = write_lists(args.work, manifest, server.url)
         for path in (Path(manifest["www"]) / "img").iterdir():  # warm the page cache: same start for both tools
             path.read_bytes()
-        for mode in args.modes.split(","):
-            resize = 256 if mode == "resize" else None
-            entry = {}
-            if have_i2d:
-                entry["img2dataset"] = run_img2dataset(server, args.i2d_venv, their_tsv, out / "i2d", args.workers,
-                                                       args.threads, resize, args.shard_size)
-            entry["mmcorpus"] = run_mmcorpus(server, ours_tsv, out / "mm", args.workers, args.threads, resize,
-                                             args.shard_size)
-            entry["mmcorpus"]["mismatches"] = check_classification(out / "mm", manifest)
-            for tool in entry.values():
-                tool["images_per_s"] = round(tool["ok"] / tool["seconds"], 1)
-                tool["cpu_ms_per_image"] = round(tool["cpu_seconds"] / tool["ok"] * 1000, 2)
-            if have_i2d:
-                ours, theirs = entry["mmcorpus"], entry["img2dataset"]
-                entry["ratio"] = round(ours["images_per_s"] / theirs["images_per_s"], 2)
-                entry["cpu_ratio"] = round(theirs["cpu_ms_per_image"] / ours["cpu_ms_per_image"], 2)
-            results["modes"][mode] = entry
+        for _ in range(args.repeat):
+            results["runs"].append(measure_round(args, server, manifest, ours_tsv, their_tsv, out, have_i2d))
     finally:
         server.stop()
         for leftover in ("i2d", "mm"):
@@ -367,15 +377,23 @@ def report(results: dict) -> None:
     print(f"N={results['n']}  workers={results['workers']}  threads={results['threads']}  cpus={results['cpus']}  "
           f"server={results['server']}  mean JPEG {results['mean_jpeg_bytes'] / 1000:.0f} KB  "
           f"faulty URLs {results['faulty']}")
-    print(f"load average before the run: {results['load_before']}")
     print(f"{'mode':<9} {'img2dataset':>23} {'mmcorpus':>23} {'ratio':>6} {'CPU ratio':>9}  classification")
     print(f"{'':<9} {'img/s  CPU ms/img':>23} {'img/s  CPU ms/img':>23}")
-    for mode, entry in results["modes"].items():
-        theirs, ours = entry.get("img2dataset"), entry["mmcorpus"]
-        mismatches = ours["mismatches"]
-        verdict = "all rows as expected" if not mismatches else f"{len(mismatches)} WRONG, e.g. {mismatches[:3]}"
-        print(f"{mode:<9} {_cell(theirs):>23} {_cell(ours):>23} {entry.get('ratio', '-'):>6} "
-              f"{entry.get('cpu_ratio', '-'):>9}  {verdict}")
+    for number, round_ in enumerate(results["runs"], 1):
+        print(f"run {number}, load average before it: {round_['load_before']}")
+        for mode, entry in round_["modes"].items():
+            theirs, ours = entry.get("img2dataset"), entry["mmcorpus"]
+            mismatches = ours["mismatches"]
+            verdict = "all rows as expected" if not mismatches else f"{len(mismatches)} WRONG, e.g. {mismatches[:3]}"
+            print(f"{mode:<9} {_cell(theirs):>23} {_cell(ours):>23} {entry.get('ratio', '-'):>6} "
+                  f"{entry.get('cpu_ratio', '-'):>9}  {verdict}")
+    if len(results["runs"]) > 1 and "ratio" in results["runs"][0]["modes"][next(iter(results["runs"][0]["modes"]))]:
+        for mode in results["runs"][0]["modes"]:
+            ratios = [r["modes"][mode]["ratio"] for r in results["runs"]]
+            cpu = [r["modes"][mode]["cpu_ratio"] for r in results["runs"]]
+            print(f"median {mode:<9} ratio {statistics.median(ratios):.2f}  CPU ratio {statistics.median(cpu):.2f}  "
+                  f"(of {len(ratios)} runs)")
+    print("targets: ratio >= 3 with resize 256, >= 5 with the original bytes")
 
 
 def _cell(tool: dict | None) -> str:

@@ -191,9 +191,13 @@ class UrlListSummary:
 @dataclass
 class ShardJob:
     paths: ShardPaths
-    end: int  # one past the highest row index of the shard seen in the input (valid or malformed)
-    rows: list[Row]
+    end: int = 0  # one past the highest row index of the shard seen in the input (valid or malformed)
+    rows: list[Row] = field(default_factory=list)
     malformed: list[Malformed] = field(default_factory=list)
+
+    def add(self, item: Row | Malformed) -> None:
+        (self.rows if isinstance(item, Row) else self.malformed).append(item)
+        self.end = max(self.end, item.index + 1)
 
 
 def _shard_jobs(tsv_path: Path, columns: tuple[str, ...], paths_for: Callable[[int], ShardPaths],
@@ -201,45 +205,35 @@ def _shard_jobs(tsv_path: Path, columns: tuple[str, ...], paths_for: Callable[[i
     """Cut the stream of rows into this task's shards (bounded memory: one shard at a time)."""
     index, count = shard
     size = options.shard_size
-    current: ShardJob | None = None
-    pending_malformed: list[Malformed] = []
+    reported: list[Malformed] = []  # malformed lines the reader reported since the last row it yielded
 
     def on_malformed(item: Malformed) -> None:
         summary.add_malformed(item)
-        pending_malformed.append(item)
+        reported.append(item)
 
     def wanted(row_index: int) -> bool:
         return (row_index // size) % count == index
 
-    items = read_rows(tsv_path, columns, on_malformed, stop=options.limit, wanted=wanted)
-    for row in _with_sentinel(items):
-        # malformed lines reported since the last row belong to the shard of their own index
-        for item in pending_malformed:
-            current = yield from _advance(current, item.index // size, paths_for)
-            current.malformed.append(item)
-            current.end = max(current.end, item.index + 1)
-        pending_malformed.clear()
-        if row is None:
-            break
-        current = yield from _advance(current, row.index // size, paths_for)
-        current.rows.append(row)
-        current.end = row.index + 1
+    current: ShardJob | None = None
+    for row in _with_sentinel(read_rows(tsv_path, columns, on_malformed, stop=options.limit, wanted=wanted)):
+        items: list[Row | Malformed] = reported + ([row] if row is not None else [])  # in line order
+        reported.clear()
+        for item in items:
+            shard_index = item.index // size
+            if current is not None and current.paths.shard != shard_index:
+                yield current
+                current = None
+            if current is None:
+                current = ShardJob(paths_for(shard_index))
+            current.add(item)
     if current is not None:
         yield current
 
 
 def _with_sentinel(items: Iterator[Row]) -> Iterator[Row | None]:
+    """The rows, then None: malformed lines after the last row still reach their shard."""
     yield from items
     yield None
-
-
-def _advance(current: ShardJob | None, shard: int, paths_for: Callable[[int], ShardPaths]):
-    """Yield the current job when the stream moves on to another shard; return the job for `shard`."""
-    if current is not None and current.paths.shard == shard:
-        return current
-    if current is not None:
-        yield current
-    return ShardJob(paths_for(shard), end=0, rows=[])
 
 
 def _already_done(job: ShardJob, options: UrlListOptions) -> dict | None:
@@ -328,9 +322,10 @@ def _run_pool(jobs: Iterator[ShardJob], options: UrlListOptions, summary: UrlLis
     updates = context.Queue()
     pending: set[Future] = set()
 
-    def settle(block: bool) -> None:
+    def settle() -> None:
+        """Wait up to half a second for a shard to finish, keeping the progress display moving."""
         nonlocal pending
-        done, pending = wait(pending, timeout=0.5 if block else 0, return_when=FIRST_COMPLETED)
+        done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
         _drain(updates, progress)
         for future in done:
             _finish(future.result(), summary)
@@ -341,10 +336,10 @@ def _run_pool(jobs: Iterator[ShardJob], options: UrlListOptions, summary: UrlLis
             if not _needs_run(job, options, summary):
                 continue
             while len(pending) >= 2 * options.workers:
-                settle(block=True)
+                settle()
             pending.add(pool.submit(_run_in_worker, job))
         while pending:
-            settle(block=True)
+            settle()
     _drain(updates, progress)
 
 
