@@ -217,12 +217,18 @@ def _info_text(spec, on_disk: dict) -> str:
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """`I/N` (0-based I), or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when not given."""
+    """`I/N` (0-based I), or from a Slurm job array (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of
+    SLURM_ARRAY_TASK_COUNT) when not given; None outside an array."""
     if text is None:
-        task, count = os.environ.get("SLURM_ARRAY_TASK_ID"), os.environ.get("SLURM_ARRAY_TASK_COUNT")
-        if task is None or count is None:
+        if "SLURM_ARRAY_TASK_ID" not in os.environ or "SLURM_ARRAY_TASK_COUNT" not in os.environ:
             return None
-        text = f"{task}/{count}"
+        from mmcorpus.downloaders.urllist import shard_from_env
+
+        try:
+            index, count = shard_from_env()
+        except ValueError:
+            raise UsageError("SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT are not numbers") from None
+        text = f"{index}/{count}"
     index, sep, total = text.partition("/")
     if not (sep and index.isdigit() and total.isdigit() and 0 <= int(index) < int(total)):
         raise UsageError(f"--shard expects I/N with 0 <= I < N, got {text!r}")
@@ -253,7 +259,12 @@ def fetch(
     mirror: Annotated[Optional[list[str]], typer.Option(help="Rewrite URL prefixes FROM=TO (repeatable).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be downloaded.")] = False,
     shard: Annotated[Optional[str], typer.Option(help="Slice I/N of the work (default from SLURM_ARRAY_*).")] = None,
-    engine: Annotated[str, typer.Option(help="native or img2dataset.")] = "native",
+    engine: Annotated[str, typer.Option(help="native, or img2dataset (installed separately).")] = "native",
+    executor: Annotated[str, typer.Option(help="local, or ray: the shards as Ray tasks (the ray extra); "
+                                               "with --engine img2dataset also pyspark.")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster (default: RAY_ADDRESS, a "
+                                                       "running local cluster, else a new local instance).")] = None,
+    tasks: Annotated[Optional[int], typer.Option(help="Ray tasks (default: the cluster's CPUs).")] = None,
     allow_private_hosts: Annotated[bool, typer.Option("--allow-private-hosts",
                                                       help="Allow image URLs on private/loopback addresses.")] = False,
     ignore_opt_out: Annotated[bool, typer.Option("--ignore-opt-out",
@@ -271,8 +282,9 @@ def fetch(
     from mmcorpus.urls import UrlRewriter
 
     state = _setup(ctx, root, config_dir, quiet, verbose, log_file)
-    if engine not in ("native", "img2dataset"):
-        raise UsageError(f"--engine must be native or img2dataset, got {engine!r}")
+    from mmcorpus.executors import check_available
+
+    check_available(executor, engine)  # exit 2 before any download when Ray / img2dataset is missing
     if min_success is not None and not 0 <= min_success <= 1:
         raise UsageError(f"--min-success expects a ratio between 0 and 1, got {min_success}")
     options = FetchOptions(
@@ -281,7 +293,7 @@ def fetch(
         images=ImageOptions(workers=workers, threads=threads, limit=limit, resize=parse_resize(resize),
                             timeout=timeout, retry_failed=retry_failed, shard=parse_shard(shard),
                             allow_private_hosts=allow_private_hosts, respect_opt_out=not ignore_opt_out,
-                            engine=engine),
+                            engine=engine, executor=executor, ray_address=ray_address, tasks=tasks),
         no_images=no_images, all_files=all_files, dry_run=dry_run, delete_archives=delete_archives,
         manual_source=manual_source, wait_for_lock=wait,
     )

@@ -34,7 +34,10 @@ class ImageOptions:
     shard: tuple[int, int] | None = None
     allow_private_hosts: bool = False
     respect_opt_out: bool = True
-    engine: str = "native"
+    engine: str = "native"  # native | img2dataset
+    executor: str = "local"  # local | ray (| pyspark with the img2dataset engine): mmcorpus.executors
+    ray_address: str | None = None
+    tasks: int | None = None  # Ray tasks; None: the cluster's CPUs
 
 
 @dataclass
@@ -192,12 +195,15 @@ def shard_share(keys: list[str], shard: tuple[int, int] | None) -> list[str]:
 
 
 def _fetch_url_images(spec: Spec, file_report: dict, options: FetchOptions) -> dict:
-    from mmcorpus.downloaders import urllist
+    from mmcorpus.executors import run_url_list
 
     file = spec.files[file_report["key"]]
-    summary = urllist.fetch_url_list(spec, file.key, Path(file_report["path"]), options.root,
-                                     urllist_options(options))
-    return {"subset": file.key, **summary.to_dict()}
+    image = options.images
+    summary = run_url_list(spec, file.key, Path(file_report["path"]), options.root, urllist_options(options),
+                           executor=image.executor, engine=image.engine, ray_address=image.ray_address,
+                           tasks=image.tasks)
+    summary = summary if isinstance(summary, dict) else summary.to_dict()
+    return {"subset": file.key, **summary}
 
 
 def urllist_options(options: FetchOptions):
@@ -205,7 +211,8 @@ def urllist_options(options: FetchOptions):
     from mmcorpus.downloaders import urllist
 
     image = options.images
-    given = {k: v for k, v in vars(image).items() if v is not None and k != "engine"}
+    given = {k: v for k, v in vars(image).items()
+             if v is not None and k not in ("engine", "executor", "ray_address", "tasks")}
     rewrite = options.download.rewrite
     from mmcorpus.progress import is_quiet
 

@@ -12,7 +12,7 @@ if [ ! -x "$venv/bin/img2dataset" ]; then
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
   # One resolve for both, so pip picks versions that satisfy img2dataset's pins and our dependencies.
-  "$venv/bin/python" -m pip install -q 'img2dataset==1.47.0' -e '.[test]'
+  "$venv/bin/python" -m pip install -q 'img2dataset==1.47.0' -e . 'pytest>=8' 'pytest-timeout>=2.2'
 fi
 "$venv/bin/python" -m pip check
 
