@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 from mmcorpus.downloaders.archives import (
     Limits,
     Mapping,
-    PART_SUFFIX,
+    temporary_name,
     archive_members,
     extract_archive,
     read_marker,
@@ -89,9 +89,11 @@ def _chosen(spec, only, manual_source, placed: Path) -> list:
 def _fetch_one(spec, archive, root: Path, dest: Path, download: Download, delete: bool, limits: Limits) -> dict:
     mapping = Mapping.of(archive)
     done = read_marker(archive.filename, dest, mapping)
-    if done is not None:  # extracted before; the archive itself may be gone (delete_archives)
-        return {**done, "name": archive.key, "status": "done"}
     downloads = Path(root) / "downloads" / spec.name
+    if done is not None:  # extracted before; the archive itself may be gone (delete_archives)
+        if delete:  # a run killed between the marker and the deletion left the archive behind
+            (downloads / archive.filename).unlink(missing_ok=True)
+        return {**done, "name": archive.key, "status": "done"}
     downloads.mkdir(parents=True, exist_ok=True)
     path = Path(download(archive, downloads))
     report = extract_archive(path, dest, mapping, limits=limits, delete_after=delete, name=archive.filename)
@@ -178,7 +180,7 @@ def _copy_tree(source: Path, dest: Path, include: tuple[str, ...]) -> dict:
 
 def _link_or_copy(src: Path, final: Path) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}{PART_SUFFIX}")
+    tmp = temporary_name(final)
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)  # same file system: no second copy of a 10 GB SAM folder

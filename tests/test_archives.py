@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import json
 import stat
 import tarfile
@@ -203,3 +204,36 @@ def test_delete_after_success_only(tmp_path):
     with pytest.raises(ArchiveError):
         extract_archive(bad, tmp_path / "e", delete_after=True)
     assert bad.exists()
+
+
+def _extract_in_child(args) -> dict:
+    archive, dest = args
+    return extract_archive(Path(archive), Path(dest), Mapping())
+
+
+def test_two_concurrent_extractions_never_share_a_temporary_file(tmp_path):
+    """A lock broken by mistake costs duplicate work, never corruption (both runs finish, every file whole)."""
+    import multiprocessing
+
+    members = {f"{i:04d}.jpg": bytes([i % 251]) * (20_000 + i) for i in range(150)}
+    archive = make_zip(tmp_path / "a.zip", members)
+    dest = tmp_path / "out"
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        reports = pool.map(_extract_in_child, [(str(archive), str(dest))] * 2)
+    assert len(reports) == 2  # both runs finished (no crash on a shared temporary name)
+    for name, data in members.items():
+        assert (dest / name).read_bytes() == data
+    assert not list(dest.rglob("*.mmpart"))
+
+
+def test_stale_temporaries_of_dead_runs_are_swept(tmp_path):
+    from mmcorpus.downloaders.archives import sweep_stale_temporaries, temporary_name
+
+    dest = tmp_path / "out"
+    dest.mkdir()
+    mine = temporary_name(dest / "live.jpg")
+    mine.write_bytes(b"being written")
+    dead = dest / mine.name.replace(f"-{os.getpid()}-", "-999999999-").replace("live", "dead")
+    dead.write_bytes(b"left by a killed run")
+    assert sweep_stale_temporaries(dest) == 1
+    assert mine.exists() and not dead.exists()
