@@ -10,7 +10,7 @@ one process per CPU, because parsing 1 GB of JSON is CPU-bound. Record indices, 
 global: range 0 writes its shards directly; later ranges spill Arrow files in the staging folder, which are
 turned into parquet with shifted sample_ids (again by all processes) once the record counts before them are
 known. If a range fails (a bad cut, or a broken file) the subset is redone in one process, which also gives
-the canonical error. Captions are filled (llava normalizer) when the dataset serves the pretrain stage.
+the canonical error. Captions are filled (llava normalizer) when the file (or, by default, its dataset) serves the pretrain stage.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class _Plan:
     def job(self, byte_range=(0, None)) -> Job:
         start, end = byte_range
         return Job(dataset=self.spec.name, subset=self.subset, path=self.path, root=self.root,
-                   image_prefix=self.file_spec.image_prefix, captions="pretrain" in self.spec.stages,
+                   image_prefix=self.file_spec.image_prefix, captions="pretrain" in (self.file_spec.stages or self.spec.stages),
                    start=start, end=end)
 
     def writer(self, folder: Path, name: str, **options) -> ShardWriter:

@@ -48,6 +48,7 @@ class FileSpec:
     manual: str | None = None  # how to obtain it when there is no headless download
     # dataset files
     role: str = "annotations"  # metadata files are fetched but not normalized
+    stages: tuple[str, ...] = ()  # the stages this file serves, when not all of the dataset's
     image_prefix: str = ""  # prepended to the JSON image paths to make them relative to <root>/images
     columns: tuple[str, ...] = ()  # TSV column order for this file, when it differs from format.columns
     records: int | None = None  # approximate record count, for display
@@ -165,6 +166,14 @@ def as_str_list(value: Any) -> tuple[str, ...]:
     return tuple(as_str(v) for v in value)
 
 
+def _stages(value: Any) -> tuple[str, ...]:
+    stages = as_str_list(value)
+    for stage in stages:
+        if stage not in STAGES:
+            raise ValueError(f"has unknown stage {stage!r} (known: {', '.join(STAGES)})")
+    return stages
+
+
 def one_of(*allowed: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         value = as_str(value)
@@ -236,6 +245,7 @@ def _file_spec(f: Fields, key: str, *, archive: bool) -> FileSpec:
     else:
         values.update(
             role=f.get("role", one_of(*FILE_ROLES), "annotations"),
+            stages=f.get("stages", _stages, ()),
             image_prefix=f.get("image_prefix", _relative_path, ""),
             columns=f.get("columns", as_str_list, ()),
             records=f.get("records", as_int),
@@ -270,10 +280,7 @@ def parse_spec(data: Any, source: Path) -> Spec:
 
 
 def _parse_dataset(top: Fields, common: dict) -> Spec:
-    stages = top.get("stages", as_str_list, ())
-    for stage in stages:
-        if stage not in STAGES:
-            raise top.error("stages", f"has unknown stage {stage!r} (known: {', '.join(STAGES)})")
+    stages = top.get("stages", _stages, ())
     files_node = top.sub("files")
     if files_node is None or not files_node.data:
         raise top.error("files", "is required and must name at least one file")

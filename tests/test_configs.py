@@ -261,3 +261,17 @@ def test_duplicate_name_in_one_folder_names_both_files(user_dir):
     message = load_error(user_dir, "b.yaml", GOOD)
     assert str(user_dir / "b.yaml") in message and str(user_dir / "a.yaml") in message
     assert "'mine'" in message
+
+
+def test_file_stages_refine_the_dataset_stages(tmp_path, monkeypatch):
+    spec = Registry.load().get("sharegpt4v")
+    assert set(spec.stages) == {"pretrain", "finetune"}
+    assert spec.files["sft"].stages == ("finetune",)
+    assert spec.files["pt"].stages == ("pretrain",)
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    (folder / "bad.yaml").write_text("name: bad\nkind: dataset\nformat: {type: llava}\n"
+                                     "files:\n  a:\n    url: https://x.org/a.json\n    stages: [midtrain]\n")
+    monkeypatch.setenv("MMCORPUS_CONFIG_DIR", str(folder))
+    with pytest.raises(ConfigError, match=r"bad.yaml: key 'files.a.stages' has unknown stage 'midtrain'"):
+        Registry.load()

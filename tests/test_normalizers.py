@@ -457,3 +457,18 @@ def test_image_token_counts_over_the_values_buffer():
     array = pa.array(values, pa.string())
     assert _token_counts(array).tolist() == [1, 0, 0, 0, 0, 2, 1, 0]  # no match across two values
     assert _token_counts(array.slice(5)).tolist() == [2, 1, 0]
+
+
+def test_captions_follow_the_files_stages(root):
+    """ShareGPT4V serves both stages, but its SFT file's two-turn VQA answers are not captions."""
+    spec = dataset_spec(stages=["pretrain", "finetune"], files={
+        "cap100k": {"url": "https://example.org/cap100k.json", "stages": ["pretrain"]},
+        "sft": {"url": "https://example.org/sft.json", "stages": ["finetune"]}})
+    qa = [{"id": 1, "image": "gqa/images/1.jpg",
+           "conversations": [turn("human", "<image>\nIs it red?"), turn("gpt", "Yes")]}]
+    place(root, spec, "cap100k", qa)
+    place(root, spec, "sft", qa)
+    normalize_dataset(spec, root)
+    captions = {s: pq.read_table(root / f"normalized/sharegpt4v/{s}-00000.parquet").column("caption").to_pylist()
+                for s in ("cap100k", "sft")}
+    assert captions == {"cap100k": ["Yes"], "sft": [None]}
