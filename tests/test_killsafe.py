@@ -1,8 +1,8 @@
 """Kill -9 at random points, then re-run: the result equals an uninterrupted run (tests/killsafe.py).
 
-Applied to archive extraction (zip and tar.gz), to the single-file downloader against the local mirror, and
-to both together (a collection fetch). `mmcorpus fetch` and `prepare` join here once their commands exist:
-one check_kill_safe call each.
+Applied to archive extraction (zip and tar.gz), to the single-file downloader against the local mirror, to
+both together (a collection fetch), and to `mmcorpus prepare` (normalize + stage + exports). The URL-list
+engine's kill -9 test is in test_urllist.py.
 """
 
 from __future__ import annotations
@@ -148,3 +148,48 @@ def test_extraction_resumes_after_kill_without_rewriting_finished_members(archiv
     marker = json.loads((dest / ".mmcorpus" / "pics.zip.done").read_text())
     assert marker["already_present"] == len(before) and marker["extracted"] == len(members()) - len(before)
     assert all(p.stat().st_ino == ino for p, ino in before.items())  # not rewritten
+
+
+# ---------------------------------------------------------------------------------------------- prepare
+
+PREPARE_VOLATILE = ("*.mmcorpus/*", "runs/*.json", "root/stages/*/manifest.json", "root/stages/*/report.html",
+                    "root/normalized/*/_*.json", "specs/*")  # specs name their run folder
+
+
+def prepare_inputs(run_dir: Path) -> None:
+    """A fetched LLaVA-format dataset (JSON + images) and a mix, as `mmcorpus prepare` finds them."""
+    from PIL import Image
+
+    root = run_dir / "root"
+    images = root / "images" / "pics"
+    images.mkdir(parents=True)
+    for i in range(40):
+        buffer = io.BytesIO()
+        Image.new("RGB", (32 + i, 24), (6 * i, 90, 200)).save(buffer, "JPEG")
+        (images / f"{i}.jpg").write_bytes(buffer.getvalue())
+    records = [{"id": i, "image": f"{i % 45}.jpg", "conversations": [
+        {"from": "human", "value": f"<image>\nQuestion {i}?"}, {"from": "gpt", "value": f"Answer {i}."}]}
+        for i in range(3000)]  # ids 40-44 name images that are missing: dropped by the stage
+    data = json.dumps(records).encode()
+    (root / "downloads" / "qa").mkdir(parents=True)
+    (root / "downloads" / "qa" / "qa.json").write_bytes(data)
+    specs = run_dir / "specs"
+    specs.mkdir()
+    (specs / "qa.yaml").write_text(
+        "name: qa\nkind: dataset\nstages: [finetune]\nformat: {type: llava}\n"
+        f"files:\n  main:\n    url: {root / 'downloads' / 'qa' / 'qa.json'}\n    filename: qa.json\n"
+        "    image_prefix: pics\n")
+    (run_dir / "mix.yaml").write_text("name: qa_mix\ndatasets:\n  - {dataset: qa, subset: main, sample: all}\n")
+
+
+def test_prepare_killed_at_random_points_ends_like_an_uninterrupted_one(tmp_path):
+    results = check_kill_safe(
+        lambda run: [sys.executable, "-m", "mmcorpus", "--root", str(run / "root"), "--config-dir",
+                     str(run / "specs"), "prepare", "--mix", str(run / "mix.yaml"), "--format", "llava",
+                     "--format", "webdataset"],
+        setup=prepare_inputs, workdir=tmp_path, seeds=SEEDS, volatile=PREPARE_VOLATILE, timeout=120,
+        env={"MMCORPUS_CONFIG_DIR": ""},
+    )
+    assert any(r.interrupted for r in results)
+    stage = tmp_path / "seed1" / "root" / "stages" / "qa_mix"
+    assert json.loads((stage / "manifest.json").read_text())["stage"] == "qa_mix"
