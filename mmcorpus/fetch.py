@@ -15,7 +15,7 @@ from typing import Any
 
 from mmcorpus.downloaders.http import DownloadOptions, download_file
 from mmcorpus.errors import MMCorpusError, UsageError
-from mmcorpus.progress import human_bytes
+from mmcorpus.progress import human_bytes, is_quiet
 from mmcorpus.registry import FileSpec, Registry, Spec
 
 log = logging.getLogger("mmcorpus.fetch")
@@ -214,42 +214,21 @@ def urllist_options(options: FetchOptions):
     given = {k: v for k, v in vars(image).items()
              if v is not None and k not in ("engine", "executor", "ray_address", "tasks")}
     rewrite = options.download.rewrite
-    from mmcorpus.progress import is_quiet
-
     return urllist.UrlListOptions(rewrite=rewrite, mirror_hosts=frozenset(rewrite.mirror_hosts()),
                                   progress=not is_quiet(), **given)
 
 
 def _collections_needed(registry: Registry, target: Target, report: dict, options: FetchOptions) -> list[str]:
-    """The dataset's collections that its downloaded JSON files actually reference (all of them when the
-    files cannot be scanned)."""
-    spec = target.spec
-    paths_by_file = [
-        json_image_paths(spec.files[f["key"]], Path(f["path"]))
-        for f in report["files"]
-        if f.get("path") and spec.files[f["key"]].role == "annotations"
-    ]
-    if not paths_by_file:
-        return list(spec.collections)
+    """The dataset's collections that its downloaded JSON files actually reference."""
     from mmcorpus.collections import collections_needed
+    from mmcorpus.normalize import dataset_image_paths
 
+    spec = target.spec
+    subsets = [f["key"] for f in report["files"] if f.get("path")]
     candidates = [registry.get(name) for name in spec.collections]
-    needed: dict[str, int] = {}
-    for paths in paths_by_file:
-        for name, count in collections_needed(paths, candidates)["needed"].items():
-            needed[name] = needed.get(name, 0) + count
+    needed = collections_needed(dataset_image_paths(spec, options.root, subsets), candidates)["needed"]
     report["collections_needed"] = needed
     return [name for name in spec.collections if name in needed]
-
-
-def json_image_paths(file: FileSpec, path: Path):
-    """The image paths of a LLaVA-format JSON file, relative to <root>/images (streamed)."""
-    from mmcorpus.normalizers.jsonarray import iter_json_array
-
-    for record in iter_json_array(path):
-        image = record.get("image") if isinstance(record, dict) else None
-        if isinstance(image, str):
-            yield f"{file.image_prefix}/{image}" if file.image_prefix else image
 
 
 # ----------------------------------------------------------------------------------------- plan, locks
