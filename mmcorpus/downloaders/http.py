@@ -163,7 +163,7 @@ def _finish(part: Path, final: Path, spec: FileSpec, digests: dict[str, str], la
         raise VerificationError(f"{label}: downloaded file does not verify (kept as {aside}): "
                                 + _mismatch(spec, part=aside, digests=digests)) from None
     os.replace(part, final)
-    _meta_path(part).unlink(missing_ok=True)
+    _discard(part)  # the .part.json (and a .tmp of it that a kill may have left)
     verify.record_verified(final, digests)
     return digests
 
@@ -412,6 +412,7 @@ def _write_meta(part: Path, spec_url: str, response: requests.Response) -> None:
 def _discard(part: Path) -> None:
     part.unlink(missing_ok=True)
     _meta_path(part).unlink(missing_ok=True)
+    _meta_path(part).with_suffix(".tmp").unlink(missing_ok=True)
 
 
 def _expected_total(response: requests.Response, offset: int) -> int | None:

@@ -82,6 +82,19 @@ def record_verified(path: Path, digests: dict[str, str]) -> None:
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(record))
     os.replace(tmp, cache)
+    for stale in cache.parent.glob(f"{cache.name}.*.tmp"):  # left by runs killed between write and rename
+        if not _pid_alive(stale.name[len(cache.name) + 1 : -len(".tmp")]):
+            stale.unlink(missing_ok=True)
+
+
+def _pid_alive(text: str) -> bool:
+    try:
+        os.kill(int(text), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _cache_path(path: Path) -> Path:
