@@ -278,12 +278,11 @@ def fetch(
 ):
     """Download the files and images of datasets/collections (idempotent: a re-run does what is left)."""
     from mmcorpus.downloaders.http import DownloadOptions
+    from mmcorpus.executors import check_available
     from mmcorpus.fetch import FetchOptions, ImageOptions, fetch as run_fetch
     from mmcorpus.urls import UrlRewriter
 
     state = _setup(ctx, root, config_dir, quiet, verbose, log_file)
-    from mmcorpus.executors import check_available
-
     check_available(executor, engine)  # exit 2 before any download when Ray / img2dataset is missing
     if min_success is not None and not 0 <= min_success <= 1:
         raise UsageError(f"--min-success expects a ratio between 0 and 1, got {min_success}")

@@ -62,7 +62,7 @@ from typing import Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmcorpus.downloaders.urllist import UrlListOptions, UrlListSummary, shard_from_env
+from mmcorpus.downloaders.urllist import UrlListOptions, UrlListSummary, shard_from_env, shard_stats
 from mmcorpus.downloaders.urllist_shards import (
     ShardPaths, key_for, read_marker, read_status, write_marker, write_status,
 )
@@ -308,16 +308,8 @@ def finish_shard(plan: ShardPlan, fetched_rows: dict[str, dict], options: UrlLis
     fetched = len(fetched_rows) + len(plan.blocked)
     fetched_ok = sum(r["status"] == "ok" for r in fetched_rows.values())
     write_status(paths, ordered)
-    failed: dict[str, int] = {}
-    transient = 0
-    for row in ordered:
-        if row["status"] != "ok":
-            failed[row["error"]] = failed.get(row["error"], 0) + 1
-            transient += is_transient(row["error"], row["http_status"])
-    stats = dict(shard=paths.shard, end=plan.end, rows=len(ordered), ok=len(ordered) - sum(failed.values()),
-                 failed=failed, transient=transient, fetched=fetched, fetched_ok=fetched_ok,
-                 bytes=sum(r["bytes"] or 0 for r in ordered if r["status"] == "ok"),
-                 malformed=[[m.line, m.reason] for m in plan.malformed], resize=options.resize, engine="img2dataset")
+    stats = {**shard_stats(paths.shard, plan.end, ordered, fetched, fetched_ok, plan.malformed, options.resize),
+             "engine": "img2dataset"}
     write_marker(paths, stats)
     return stats
 

@@ -470,6 +470,12 @@ def _failed(row: Row, error: str, http_status: int | None) -> dict:
 
 
 def _shard_stats(job: ShardJob, rows: list[dict], fetched: int, fetched_ok: int, options: UrlListOptions) -> dict:
+    return shard_stats(job.paths.shard, job.end, rows, fetched, fetched_ok, job.malformed, options.resize)
+
+
+def shard_stats(shard: int, end: int, rows: list[dict], fetched: int, fetched_ok: int, malformed,
+                resize: int | None) -> dict:
+    """The done marker's content: counts by outcome of a shard's status rows (every engine writes this)."""
     failed: dict[str, int] = {}
     transient = 0
     for row in rows:
@@ -478,7 +484,7 @@ def _shard_stats(job: ShardJob, rows: list[dict], fetched: int, fetched_ok: int,
             transient += is_transient(row["error"], row["http_status"])
     ok = len(rows) - sum(failed.values())
     return dict(
-        shard=job.paths.shard, end=job.end, rows=len(rows), ok=ok, failed=failed, transient=transient,
+        shard=shard, end=end, rows=len(rows), ok=ok, failed=failed, transient=transient,
         bytes=sum(r["bytes"] or 0 for r in rows if r["status"] == "ok"), fetched=fetched, fetched_ok=fetched_ok,
-        malformed=[[m.line, m.reason] for m in job.malformed], resize=options.resize,
+        malformed=[[m.line, m.reason] for m in malformed], resize=resize,
     )
