@@ -346,9 +346,14 @@ def builtin_config_dir() -> Path:
     source_tree = here.parent / "configs"
     if source_tree.is_dir():
         return source_tree
-    from importlib.resources import files
+    import importlib.util
 
-    return Path(str(files("mmcorpus.builtin_configs")))
+    # configs/ has no __init__.py: an installed copy is a namespace package, found by its search location.
+    spec = importlib.util.find_spec("mmcorpus.builtin_configs")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
+        raise ConfigError("the built-in specs (mmcorpus.builtin_configs) are missing from this installation")
+    return Path(locations[0])
 
 
 def config_dirs(extra: Iterable[str | Path] = ()) -> list[Path]:
