@@ -20,10 +20,10 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterable
 
+from mmcorpus.atomicio import temporary_name
 from mmcorpus.downloaders.archives import (
     Limits,
     Mapping,
-    temporary_name,
     archive_members,
     extract_archive,
     read_marker,

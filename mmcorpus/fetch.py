@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcorpus.downloaders.http import DownloadOptions, download_file
-from mmcorpus.errors import MMCorpusError, UsageError
+from mmcorpus.errors import EXIT_FAILED, MMCorpusError, UsageError
 from mmcorpus.progress import human_bytes, is_quiet
 from mmcorpus.registry import FileSpec, Registry, Spec
 
@@ -125,7 +125,7 @@ def _run_step(target: Target, options: FetchOptions, step) -> dict:
             _check_disk(target, options)
             report.update(step())
     except MMCorpusError as exc:
-        if getattr(exc, "exit_code", 1) != 1:
+        if exc.exit_code != EXIT_FAILED:
             raise  # usage errors and lock conflicts end the run with their own exit code
         report.update(ok=False, error=str(exc))
         log.error("%s", exc)
@@ -160,7 +160,7 @@ def _download_all(spec: Spec, files: list[FileSpec], options: FetchOptions) -> l
         try:
             result = download_file(file, dest, options.download, label=label)
         except MMCorpusError as exc:
-            if getattr(exc, "exit_code", 1) != 1:
+            if exc.exit_code != EXIT_FAILED:
                 raise
             log.error("%s", exc)
             results.append({"key": file.key, "status": "failed", "error": str(exc)})
@@ -202,8 +202,7 @@ def _fetch_url_images(spec: Spec, file_report: dict, options: FetchOptions) -> d
     summary = run_url_list(spec, file.key, Path(file_report["path"]), options.root, urllist_options(options),
                            executor=image.executor, engine=image.engine, ray_address=image.ray_address,
                            tasks=image.tasks)
-    summary = summary if isinstance(summary, dict) else summary.to_dict()
-    return {"subset": file.key, **summary}
+    return {"subset": file.key, **summary.to_dict()}
 
 
 def urllist_options(options: FetchOptions):

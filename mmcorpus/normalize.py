@@ -16,7 +16,6 @@ the canonical error. Captions are filled (llava normalizer) when the file (or, b
 from __future__ import annotations
 
 import gc
-import json
 import multiprocessing
 import os
 import shutil
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from mmcorpus.atomicio import write_json_atomic
 from mmcorpus.errors import BadInputError
 from mmcorpus.normalizers import Job, Rejects, normalizer_module
 from mmcorpus.resolve import ImageResolver
@@ -79,7 +79,7 @@ def normalize_subset(spec, file_spec, root: Path, *, workers: int | None = None,
         shutil.rmtree(staging, ignore_errors=True)
     report = _subset_report(plan, parts, files, time.perf_counter() - started)
     # "_" prefix: pyarrow dataset readers skip it, so the folder still reads as one table
-    _write_json(plan.out_dir / f"_{file_spec.key}.report.json", report)
+    write_json_atomic(plan.out_dir / f"_{file_spec.key}.report.json", report, indent=1)
     return report
 
 
@@ -317,13 +317,6 @@ def _merge_images(reports: list[dict]) -> dict:
         for kind, count in r["format_mismatch"].items():
             merged["format_mismatch"][kind] = merged["format_mismatch"].get(kind, 0) + count
     return merged
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.mmpart")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def dataset_image_paths(spec, root: Path, subsets: list[str] | None = None):

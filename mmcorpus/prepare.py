@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable, Iterable
 
+from mmcorpus.atomicio import write_json_atomic
 from mmcorpus import __version__
 from mmcorpus.normalize import normalize_subset
 from mmcorpus.registry import Registry
@@ -53,7 +53,7 @@ def normalize_if_changed(registry: Registry, root: Path, dataset: str, subset: s
         # The dataset's lock: a fetch of the same dataset must not replace its files under the normalizer.
         report = normalize_subset(spec, file, Path(root), workers=workers)
     if report.get("status") == "ok":
-        _write(marker, {"fingerprint": fingerprint})
+        write_json_atomic(marker, {"fingerprint": fingerprint})
     return report
 
 
@@ -90,8 +90,3 @@ def _read(path: Path) -> dict:
         return {}
 
 
-def _write(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 
+from mmcorpus.atomicio import write_json_atomic
 from mmcorpus import __version__
 from mmcorpus.dedup import Deduper
 from mmcorpus.errors import UsageError
@@ -375,7 +376,7 @@ def _build(registry: Registry, root: Path, out: Path, plan: _Plan, workers: int 
     outputs.update(_exports(out, [out / "data" / s["file"] for s in shards], images_root, plan, log))
     manifest = _manifest(registry, plan, summaries, outputs, stats)
     write_report(manifest, out, images_root)
-    _write_json(out / MANIFEST, manifest)
+    write_json_atomic(out / MANIFEST, manifest, indent=2)
     return manifest
 
 
@@ -425,9 +426,3 @@ def _manifest(registry: Registry, plan: _Plan, summaries: list[dict], outputs: d
         "outputs": outputs,
         "stats": stats.to_dict(),
     }
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

@@ -24,6 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmcorpus.atomicio import write_json_atomic
 from mmcorpus.collections import collection_dir
 from mmcorpus.downloaders import verify
 from mmcorpus.downloaders.archives import MARKER_DIR, Mapping, marker_path, read_marker
@@ -48,11 +49,8 @@ def record_run(root: Path, name: str, summary: dict) -> Path:
     finishing at once leave one whole record, not a mix.
     """
     path = Path(root) / RUNS_DIR / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {**summary, "name": name, "finished_at": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, record, indent=1, sort_keys=True)
     return path
 
 

@@ -227,7 +227,7 @@ def test_two_concurrent_extractions_never_share_a_temporary_file(tmp_path):
 
 
 def test_stale_temporaries_of_dead_runs_are_swept(tmp_path):
-    from mmcorpus.downloaders.archives import sweep_stale_temporaries, temporary_name
+    from mmcorpus.atomicio import sweep_stale_temporaries, temporary_name
 
     dest = tmp_path / "out"
     dest.mkdir()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from stage_helpers import caption_row, cc_rows, chat_row, make_image, row, write_normalized
+from stage_helpers import caption_row, cc_rows, chat_row, make_image, write_normalized
 
 from mmcorpus.registry import Registry
 from mmcorpus.report import THUMB_SIZE, format_stage_summary

@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+from mmcorpus.atomicio import sweep_stale_temporaries, write_json_atomic
 from mmcorpus.errors import VerificationError
 from mmcorpus.registry import FileSpec
 
@@ -78,23 +79,8 @@ def record_verified(path: Path, digests: dict[str, str]) -> None:
     st = path.stat()
     record = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "digests": digests, "verified_at": time.time()}
     cache = _cache_path(path)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, cache)
-    for stale in cache.parent.glob(f"{cache.name}.*.tmp"):  # left by runs killed between write and rename
-        if not _pid_alive(stale.name[len(cache.name) + 1 : -len(".tmp")]):
-            stale.unlink(missing_ok=True)
-
-
-def _pid_alive(text: str) -> bool:
-    try:
-        os.kill(int(text), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
+    write_json_atomic(cache, record)
+    sweep_stale_temporaries(cache.parent)  # records of runs killed between write and rename
 
 
 def _cache_path(path: Path) -> Path:

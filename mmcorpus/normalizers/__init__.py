@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import pyarrow as pa
+
 from mmcorpus.errors import UsageError
 
 NORMALIZERS = {
@@ -70,7 +72,7 @@ class Job:
     stats: dict = field(default_factory=dict)  # extra counts a normalizer reports (e.g. failed URLs by error)
 
 
-Normalizer = Callable[[Job], Iterator["pyarrow.RecordBatch"]]
+Normalizer = Callable[[Job], Iterator[pa.RecordBatch]]
 
 
 def normalizer_module(format_type: str):

@@ -1,0 +1,75 @@
+"""Files appear whole or not at all: temporary names unique to a writer, atomic renames, stale sweeps.
+
+Every writer of mmcorpus writes to a temporary sibling and renames it into place (atomic on POSIX file
+systems, NFS and Lustre included), so a reader, or a run resumed after kill -9, never sees half a file at a
+final path. The temporary name carries host, pid and thread: two runs writing the same file (a lock broken by
+mistake) never write into one temporary file, and the temporaries of killed runs can be told from those of
+live ones and swept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+PART_SUFFIX = ".mmpart"
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_TEMP_OWNER = re.compile(r"\.([0-9a-f]{8})-(\d+)-\d+" + re.escape(PART_SUFFIX) + "$")
+FOREIGN_TEMP_MAX_AGE = 24 * 3600  # another host's temporary file untouched this long belongs to a dead run
+
+
+def temporary_name(final: Path) -> Path:
+    """A temporary sibling unique to this host, process and thread: two runs extracting the same archive (a
+    lock broken by mistake) must never write into one file, or a rename could publish the other's
+    half-written bytes at the final path. sweep_stale_temporaries removes those of killed runs."""
+    return final.with_name(f".{final.name}.{HOST_TAG}-{os.getpid()}-{threading.get_ident()}{PART_SUFFIX}")
+
+
+def sweep_stale_temporaries(folder: Path) -> int:
+    """Delete the temporary files that killed runs left under `folder` (their process is gone, or, from
+    another host, they have not been touched for a day); a live run's are left alone."""
+    removed = 0
+    for current, _dirs, files in os.walk(folder):
+        for name in files:
+            if name.endswith(PART_SUFFIX) and _is_stale_temporary(Path(current) / name):
+                Path(current, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def _is_stale_temporary(path: Path) -> bool:
+    owner = _TEMP_OWNER.search(path.name)
+    if owner is None:
+        return True  # the older, shared-name form: no live run writes it any more
+    host, pid = owner.group(1), int(owner.group(2))
+    if host != HOST_TAG:
+        try:
+            return time.time() - path.stat().st_mtime > FOREIGN_TEMP_MAX_AGE
+        except OSError:
+            return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def write_json_atomic(path: Path, data: Any, *, indent: int | None = None, sort_keys: bool = False) -> None:
+    """Write `data` as JSON to `path` through a temporary name unique to this writer."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    tmp.write_text(json.dumps(data, indent=indent, sort_keys=sort_keys, ensure_ascii=False, default=str),
+                   encoding="utf-8")
+    os.replace(tmp, path)
