@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import zipfile
 from pathlib import Path
 
 import pytest
+from test_collections import zip_bytes
 
 from mmcorpus.downloaders.http import DownloadOptions
 from mmcorpus.errors import LockedError
@@ -16,20 +15,12 @@ from mmcorpus.locks import hold_lock
 from mmcorpus.registry import Registry
 
 
-def make_zip(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
-
-
 @pytest.fixture
 def three_part_collection(mirror, tmp_path, monkeypatch) -> Registry:
     """A collection of three archives (like VG's two parts, or SA-1B's tars) served by the local mirror."""
     lines = ["name: parts", "kind: collection", "path: parts/images", "archives:"]
     for part in range(3):
-        data = make_zip({f"top/{part}_{i}.jpg": f"image {part}/{i}".encode() for i in range(4)})
+        data = zip_bytes({f"top/{part}_{i}.jpg": f"image {part}/{i}".encode() for i in range(4)})
         url = mirror.put(f"parts/part{part}.zip", data)
         lines += [f"  - url: {url}", f"    sha256: {hashlib.sha256(data).hexdigest()}", "    strip: top/"]
     specs = tmp_path / "specs"
