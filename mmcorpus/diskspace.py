@@ -24,6 +24,7 @@ import os
 import shutil
 from pathlib import Path
 
+from mmcorpus.downloaders.http import part_path
 from mmcorpus.collections import collection_dir
 from mmcorpus.downloaders.archives import Mapping, read_marker
 from mmcorpus.errors import MMCorpusError
@@ -137,7 +138,7 @@ def _still_to_download(spec, file, root: Path | None) -> int:
     final = Path(root) / "downloads" / spec.name / file.filename
     if final.is_file() and final.stat().st_size == file.size:
         return 0
-    part = final.with_name(final.name + ".part")  # http.py's resumable partial file
+    part = part_path(final)
     have = part.stat().st_size if part.is_file() else 0
     return max(0, file.size - have)
 

@@ -278,9 +278,11 @@ def _record(root: Path, name: str, report: dict) -> None:
 
 def _check_disk(target: Target, options: FetchOptions) -> None:
     """Refuse to start a download or extraction that cannot fit (sizes from the spec)."""
-    from mmcorpus.diskspace import MIN_MARGIN, ensure_free_space, expected_bytes
+    from mmcorpus.diskspace import MIN_MARGIN, ensure_space_for_fetch, expected_bytes
 
     keys = {f.key for f in target.files(options.all_files)}
     needed = expected_bytes(target.spec, options.root, only=keys)
-    # Small jobs need a proportionate margin, not a whole GiB (the demo on a nearly full disk).
-    ensure_free_space(options.root, needed, min_margin=min(MIN_MARGIN, needed), what=target.spec.name)
+    # Per file system (images/ may be a symlink to another disk); small jobs need a proportionate margin,
+    # not a whole GiB (the demo on a nearly full disk).
+    ensure_space_for_fetch([target.spec], options.root, only={target.spec.name: keys},
+                           min_margin=min(MIN_MARGIN, needed))

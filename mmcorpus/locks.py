@@ -84,6 +84,12 @@ def describe_lock(root: Path, name: str, max_age: float = DEFAULT_MAX_AGE) -> st
     return text + (" [stale: the next run breaks it]" if _is_stale(path, holder, max_age) else "")
 
 
+def describe_locks(root: Path, name: str, max_age: float = DEFAULT_MAX_AGE) -> list[str]:
+    """The lock of `name` and those of its --shard slices (`<name>.shard-I-of-N`), described."""
+    names = [name] + sorted(p.name[: -len(".lock")] for p in lock_path(root, name).parent.glob(f"{name}.shard-*.lock"))
+    return [f"{n}: {text}" if n != name else text for n in names if (text := describe_lock(root, n, max_age))]
+
+
 @contextlib.contextmanager
 def hold_lock(root: Path, name: str, *, wait: bool = False, max_age: float = DEFAULT_MAX_AGE,
               poll: float = DEFAULT_POLL, timeout: float | None = None, command: str | None = None) -> Iterator[Holder]:

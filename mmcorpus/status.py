@@ -24,11 +24,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmcorpus.downloaders.http import part_path
 from mmcorpus.atomicio import write_json_atomic
 from mmcorpus.collections import collection_dir
 from mmcorpus.downloaders import verify
 from mmcorpus.downloaders.archives import MARKER_DIR, Mapping, marker_path, read_marker
-from mmcorpus.locks import describe_lock
+from mmcorpus.locks import describe_locks
 from mmcorpus.progress import human_bytes
 from mmcorpus.registry import Registry, Spec
 
@@ -86,7 +87,7 @@ def spec_status(spec: Spec, root: Path) -> dict:
         "images": None,
         "bytes_on_disk": sum(f["bytes"] for f in files),
         "last_run": read_run(root, spec.name),
-        "locked_by": describe_lock(root, spec.name),
+        "locked_by": "; ".join(describe_locks(root, spec.name)) or None,
     }
     if spec.kind == "collection":
         item["images"] = _folder_images(collection_dir(spec, root))
@@ -105,9 +106,9 @@ def _file_status(spec: Spec, file, root: Path) -> dict:
         out["extracted"] = _extracted(spec, file, root)
     if path.is_file():
         out["bytes"] = path.stat().st_size
-        out["state"] = "verified" if _verified(path, file) else "present"
+        out["state"] = "verified" if verify.is_verified(path, file) else "present"
         return out
-    part = path.with_name(path.name + ".part")  # http.py's resumable partial download
+    part = part_path(path)
     if part.is_file():
         out["bytes"] = part.stat().st_size
         out["state"] = "partial"
@@ -118,10 +119,6 @@ def _file_status(spec: Spec, file, root: Path) -> dict:
     return out
 
 
-def _verified(path: Path, file) -> bool:
-    # verify.py's cache, read without hashing (verify_file would hash a file with no cache entry).
-    cached = verify._read_cache(path)
-    return cached is not None and verify._cache_matches_spec(cached, file)
 
 
 def _extracted(spec: Spec, archive, root: Path) -> bool | str:

@@ -45,7 +45,7 @@ def test_absurd_requirement_names_need_free_and_file_system(tmp_path):
 
 def test_modest_requirement_passes(tmp_path):
     ensure_free_space(tmp_path, 1000, min_margin=0)
-    ensure_free_space(tmp_path / "not" / "yet" / "created", 0)
+    ensure_free_space(tmp_path / "not" / "yet" / "created", 1, min_margin=0)
 
 
 def test_dataset_counts_required_files_and_reports_unknown_sizes():

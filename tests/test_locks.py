@@ -242,3 +242,13 @@ def test_breaker_puts_back_a_fresh_lock_taken_after_it_judged_the_old_one(root):
     locks._break(path, stale)
     assert read_holder(root, "gqa").token == "fresh"
     assert [p.name for p in path.parent.iterdir()] == ["gqa.lock"]
+
+
+def test_describe_locks_includes_the_shard_slices(tmp_path):
+    from mmcorpus.locks import describe_locks
+
+    assert describe_locks(tmp_path, "cc12m") == []
+    with hold_lock(tmp_path, "cc12m.shard-1-of-4", command="mmcorpus fetch cc12m --shard 1/4"):
+        (line,) = describe_locks(tmp_path, "cc12m")
+    assert line.startswith("cc12m.shard-1-of-4: ") and "--shard 1/4" in line
+    assert describe_locks(tmp_path, "cc12m") == []

@@ -139,7 +139,7 @@ def _download_from(url: str, spec: FileSpec, final: Path, options: DownloadOptio
 def _copy_local(source: Path, spec: FileSpec, final: Path, label: str) -> dict[str, str]:
     if not source.is_file():
         raise DownloadError(f"{label}: local file {source} does not exist", url=str(source))
-    part = _part_path(final)
+    part = part_path(final)
     digests = verify.Digests(spec)
     progress = ByteProgress(label, source.stat().st_size)
     try:
@@ -183,7 +183,7 @@ def _mismatch(spec: FileSpec, part: Path, digests: dict[str, str]) -> str:
 
 def _fetch_with_retries(spec_url: str, url: str, spec: FileSpec, final: Path, options: DownloadOptions,
                         label: str) -> dict[str, str]:
-    part = _part_path(final)
+    part = part_path(final)
     attempt, pages = 0, 0
     with requests.Session() as session:
         session.headers["User-Agent"] = USER_AGENT
@@ -379,7 +379,8 @@ def _page_title(page: str) -> str:
 # ----------------------------------------------------------------------------------- .part bookkeeping
 
 
-def _part_path(final: Path) -> Path:
+def part_path(final: Path) -> Path:
+    """Where the resumable partial download of `final` lives (status and the disk check read it too)."""
     return final.with_name(final.name + ".part")
 
 

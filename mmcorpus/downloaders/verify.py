@@ -75,6 +75,12 @@ def verify_file(path: Path, spec: FileSpec, *, use_cache: bool = True) -> dict[s
     return result
 
 
+def is_verified(path: Path, spec: FileSpec) -> bool:
+    """True when the cache says this very file (same size and mtime) verified against the spec; never hashes."""
+    cached = _read_cache(path)
+    return cached is not None and _cache_matches_spec(cached, spec)
+
+
 def record_verified(path: Path, digests: dict[str, str]) -> None:
     st = path.stat()
     record = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "digests": digests, "verified_at": time.time()}
