@@ -205,6 +205,20 @@ def test_resize_shorter_side_as_jpeg(tmp_path, root, mirror):
             assert (image.format, image.size) == ("JPEG", (row["width"], row["height"]))
 
 
+def test_rerun_with_another_resize_replaces_the_stored_images(tmp_path, root, mirror):
+    mirror.put("wide.jpg", jpeg(800, 600))
+    mirror.put("alpha.png", _png(mode="RGBA", size=(600, 900)))
+    tsv = write_tsv(tmp_path / "list.tsv", [(n, f"{mirror.url}/{n}") for n in ("wide.jpg", "alpha.png")])
+    fetch_url_list(CC3M, "train", tsv, root, options())
+    original = by_caption(root)
+    assert original["alpha.png"]["image_path"].endswith(".png")
+    fetch_url_list(CC3M, "train", tsv, root, options(resize=256))
+    resized = by_caption(root)
+    assert [(resized[n]["width"], resized[n]["height"]) for n in ("wide.jpg", "alpha.png")] == [(341, 256), (256, 384)]
+    assert not (root / "images" / original["alpha.png"]["image_path"]).exists()  # no stale original left
+    assert len(mirror.hits("wide.jpg")) == 2
+
+
 # ----------------------------------------------------------------------------------------- TSV and columns
 
 

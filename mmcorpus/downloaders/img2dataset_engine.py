@@ -62,13 +62,20 @@ from typing import Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmcorpus.downloaders.urllist import UrlListOptions, UrlListSummary, shard_from_env, shard_stats
+from mmcorpus.downloaders.urllist import (
+    UrlListOptions,
+    UrlListSummary,
+    keep_previous,
+    shard_already_done,
+    shard_from_env,
+    shard_stats,
+    stored_with_same_resize,
+)
 from mmcorpus.downloaders.urllist_shards import (
-    ShardPaths, key_for, read_marker, read_status, write_marker, write_status,
+    ShardPaths, key_for, read_status, write_marker, write_status,
 )
 from mmcorpus.errors import UsageError
 from mmcorpus.registry import Spec
-from mmcorpus.schema import is_transient
 from mmcorpus.tsv import Malformed, Row, read_rows
 from mmcorpus.urlsafety import BlockedURL, is_public, parse_target
 
@@ -110,15 +117,6 @@ class ShardPlan:
     todo: int = 0  # rows handed to img2dataset
 
 
-def _keep(old: dict, row: Row, images_root: Path, retry_failed: bool) -> bool:
-    """An earlier status row that needs no new fetch (the native engine's rule)."""
-    if old["url"] != row.url:
-        return False
-    if old["status"] == "ok":
-        return bool(old["image_path"]) and (images_root / old["image_path"]).is_file()
-    return not (retry_failed and is_transient(old["error"], old["http_status"]))
-
-
 def refused(url: str, options: UrlListOptions) -> str | None:
     """Why our URL policy refuses `url` without any network access, or None (module docstring, step 1)."""
     try:
@@ -157,17 +155,17 @@ def plan_shards(spec: Spec, subset: str, tsv_path: Path, root: Path, options: Ur
         pending.append(item)
 
     def finish(plan: ShardPlan) -> ShardPlan | None:
-        marker = read_marker(plan.paths)
-        if marker is not None and marker.get("end", 0) >= plan.end and not (
-                options.retry_failed and marker.get("transient", 0)):
+        marker = shard_already_done(plan, options)
+        if marker is not None:
             summary.add_shard({**marker, "fetched": 0, "fetched_ok": 0})
             summary.shards_skipped.append(plan.paths.shard)
             return None
         previous = read_status(plan.paths)
+        same_form = stored_with_same_resize(plan.paths, options)
         todo = []
         for row in batch:
             old = previous.get(key_for(row.index))
-            if old is not None and _keep(old, row, images_root, options.retry_failed):
+            if old is not None and old["url"] == row.url and keep_previous(old, images_root, options, same_form):
                 continue
             if refused(options.rewrite(row.url) if options.rewrite else row.url, options) is not None:
                 plan.blocked.append(_blocked_row(row))

@@ -236,14 +236,33 @@ def _with_sentinel(items: Iterator[Row]) -> Iterator[Row | None]:
     yield None
 
 
-def _already_done(job: ShardJob, options: UrlListOptions) -> dict | None:
-    """The shard's marker stats when nothing in it needs doing, else None."""
+def shard_already_done(job, options: UrlListOptions) -> dict | None:
+    """The shard's marker stats when nothing in it needs doing, else None (`job`: anything with `paths` and
+    `end`; the img2dataset engine asks too)."""
     marker = read_marker(job.paths)
     if marker is None or marker.get("end", 0) < job.end:
         return None  # never finished, or finished for a shorter --limit
     if options.retry_failed and marker.get("transient", 0):
         return None
+    if marker.get("resize") != options.resize:
+        return None  # stored with another --resize: the images must be fetched again in the asked form
     return marker
+
+
+def stored_with_same_resize(paths: ShardPaths, options: UrlListOptions) -> bool:
+    """Whether the shard's earlier images were stored with this run's --resize (from its done marker)."""
+    return (read_marker(paths) or {}).get("resize", options.resize) == options.resize
+
+
+def keep_previous(old: dict, images_root: Path, options: UrlListOptions, same_form: bool) -> bool:
+    """An earlier status row that needs no new fetch (both engines' rule)."""
+    if old["status"] == "ok":
+        stored = images_root / old["image_path"] if old["image_path"] else None
+        if stored is not None and not same_form:  # another --resize: replace it (the extension may change)
+            stored.unlink(missing_ok=True)
+            return False
+        return stored is not None and stored.is_file()  # unless the user deleted the image since
+    return not (options.retry_failed and is_transient(old["error"], old["http_status"]))
 
 
 # ------------------------------------------------------------------------------------------------ entry
@@ -290,7 +309,7 @@ def fetch_url_list(spec: Spec, subset: str, tsv_path: str | Path, root: str | Pa
 
 def _needs_run(job: ShardJob, options: UrlListOptions, summary: UrlListSummary) -> bool:
     """True when the job must run; a finished shard is counted from its marker instead."""
-    marker = _already_done(job, options)
+    marker = shard_already_done(job, options)
     if marker is None:
         return True
     summary.add_shard({**marker, "fetched": 0, "fetched_ok": 0})
@@ -429,17 +448,14 @@ class ShardWorker:
         """Rows of an earlier status parquet that need no new fetch."""
         kept = {}
         previous = read_status(job.paths)
+        same_form = stored_with_same_resize(job.paths, self.options)
         for row in job.rows:
             key = key_for(row.index)
             old = previous.get(key)
-            if old is not None and old["url"] == row.url and self._keep(old, job.paths.images_root):
+            if old is not None and old["url"] == row.url and keep_previous(old, job.paths.images_root,
+                                                                           self.options, same_form):
                 kept[key] = {**old, "caption": row.caption}
         return kept
-
-    def _keep(self, old: dict, images_root: Path) -> bool:
-        if old["status"] == "ok":  # unless the user deleted the image since
-            return (images_root / old["image_path"]).is_file()
-        return not (self.options.retry_failed and is_transient(old["error"], old["http_status"]))
 
     def _fetch_rows(self, paths: ShardPaths, url: str, rows: list[Row]) -> list[dict]:
         """Fetch one URL, validate it, store it once per row that names it."""
