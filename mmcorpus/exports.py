@@ -24,6 +24,7 @@ from typing import Iterator
 import pyarrow.parquet as pq
 from PIL import Image
 
+from mmcorpus.imaging import JPEG_QUALITY, sniff, to_rgb
 from mmcorpus.dedup import IMAGE_TOKEN
 from mmcorpus.sampling import priority
 
@@ -42,7 +43,6 @@ BRIEF_PROMPTS = (
     "Create a compact narrative representing the image presented.",
 )
 ROLES = {"user": "human", "assistant": "gpt"}
-JPEG_MAGIC = b"\xff\xd8\xff"
 TAR_MTIME = 0  # fixed, so the same stage gives byte-identical tars
 
 
@@ -104,12 +104,13 @@ def wds_key(sample_id: str) -> str:
 
 
 def jpeg_bytes(path: Path) -> bytes:
+    """The image as JPEG bytes: JPEGs as stored, others re-encoded (transparency on white, as the URL engine)."""
     data = path.read_bytes()
-    if data.startswith(JPEG_MAGIC):
+    if sniff(data) == "JPEG":
         return data
     with Image.open(io.BytesIO(data)) as image:
         buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, "JPEG", quality=95)
+        to_rgb(image).save(buffer, "JPEG", quality=JPEG_QUALITY)
         return buffer.getvalue()
 
 

@@ -132,7 +132,7 @@ def _resized(image: Image.Image, fmt: str, size: int) -> Prepared:
     if fmt == "JPEG":
         image.draft("RGB", (width, height))  # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, never below target
     image.load()
-    image = _to_rgb(image)
+    image = to_rgb(image)
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BOX, reducing_gap=2.0)
     out = io.BytesIO()
@@ -140,7 +140,7 @@ def _resized(image: Image.Image, fmt: str, size: int) -> Prepared:
     return Prepared(out.getvalue(), "jpg", width, height)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """RGB for the JPEG encoder; transparent pixels become white, not black."""
     if image.mode == "RGB":
         return image

@@ -192,7 +192,7 @@ def test_shards_hold_whole_row_groups(root, registry):
     groups = [[pq.ParquetFile(f).metadata.row_group(i).num_rows for i in range(pq.ParquetFile(f).num_row_groups)] for f in files]
     assert groups == [[10, 10], [10, 10], [5]]
     assert [f["rows"] for f in manifest["outputs"]["parquet"]["files"]] == [20, 20, 5]
-    assert not list((root / "stages/pretrain/data").glob("*.tmp"))
+    assert sorted(p.name for p in (root / "stages/pretrain/data").iterdir()) == [f.name for f in files]  # no temporaries
 
 
 # ---------------------------------------------------------------------------------------- finetune
