@@ -187,13 +187,13 @@ def test_limit_and_shard_slice(tmp_path, root):
 
 
 def test_mirror_rewrite_is_applied_and_the_original_url_recorded(tmp_path, root):
-    from mmcorpus.downloaders.urllist import PrefixRewrite
+    from mmcorpus.urls import MirrorRule, UrlRewriter
 
     tsv = write_list(tmp_path / "list.tsv")
     writer = I2dWriter()
-    rewrite = PrefixRewrite(((BASE, "http://127.0.0.1:9/mirror"),))
-    fetch_with_img2dataset(CC12M, "train", tsv, root, options(limit=4, rewrite=rewrite, mirror_hosts=rewrite.hosts),
-                           download=writer)
+    rewrite = UrlRewriter([MirrorRule(BASE, "http://127.0.0.1:9/mirror")])
+    fetch_with_img2dataset(CC12M, "train", tsv, root, download=writer,
+                           options=options(limit=4, rewrite=rewrite, mirror_hosts=frozenset(rewrite.mirror_hosts())))
     assert writer.urls and all(u.startswith("http://127.0.0.1:9/mirror/") for u in writer.urls)
     assert all(r["url"].startswith(BASE) for r in status_rows(root))
 

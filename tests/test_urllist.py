@@ -18,10 +18,11 @@ import pytest
 from PIL import Image
 
 from mmcorpus import USER_AGENT
-from mmcorpus.downloaders.urllist import PrefixRewrite, UrlListOptions, fetch_url_list, shard_from_env
+from mmcorpus.downloaders.urllist import UrlListOptions, fetch_url_list, shard_from_env
 from mmcorpus.localmirror import Route
 from mmcorpus.registry import Spec
 from mmcorpus.schema import ERRORS, STATUS_SCHEMA
+from mmcorpus.urls import MirrorRule, UrlRewriter
 from urllist_helpers import bomb_png, jpeg
 
 SAMPLES = Path(__file__).parent / "data" / "samples"
@@ -268,11 +269,15 @@ def test_column_order_of_the_real_samples(root, mirror, spec, sample, first_url,
     assert {h.path for h in mirror.requests} == {"/any.jpg"}  # the real hosts were never contacted
 
 
-def test_prefix_rewrite_and_its_hosts():
-    rewrite = PrefixRewrite((("http://lh6.ggpht.com/", "http://10.0.0.5:8080/ggpht/"), ("https://a/", "https://b/")))
-    assert rewrite("http://lh6.ggpht.com/x.jpg?imgmax=800") == "http://10.0.0.5:8080/ggpht/x.jpg?imgmax=800"
-    assert rewrite("https://elsewhere/x.jpg") == "https://elsewhere/x.jpg"
-    assert rewrite.hosts == frozenset({"10.0.0.5", "b"})
+def test_mirror_rewriter_pickles_into_workers_and_names_its_hosts():
+    import pickle
+
+    rewrite = UrlRewriter([MirrorRule.parse("http://lh6.ggpht.com/=http://10.0.0.5:8080/ggpht/"),
+                           MirrorRule.parse("https://a/=https://b/")])
+    copy = pickle.loads(pickle.dumps(rewrite))
+    assert copy("http://lh6.ggpht.com/x.jpg?imgmax=800") == "http://10.0.0.5:8080/ggpht/x.jpg?imgmax=800"
+    assert copy("https://elsewhere/x.jpg") == "https://elsewhere/x.jpg"
+    assert rewrite.mirror_hosts() == {"10.0.0.5", "b"}
 
 
 # ---------------------------------------------------------------------------------------- shards and resume

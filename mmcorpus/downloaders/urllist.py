@@ -14,10 +14,10 @@ Within a shard each distinct URL is fetched once; duplicate rows get their own c
 
 How `mmcorpus fetch` calls it:
 
-    rewrite = PrefixRewrite(tuple(mirror_pairs)) if mirror_pairs else None     # --mirror FROM=TO ...
+    rewrite = UrlRewriter.from_args(mirror_args)     # mmcorpus.urls: --mirror FROM=TO ..., HF_ENDPOINT
     options = UrlListOptions(workers=..., threads=..., timeout=..., resize=None or SIZE, limit=...,
                              shard=(I, N) or None, retry_failed=..., allow_private_hosts=...,
-                             rewrite=rewrite, mirror_hosts=rewrite.hosts if rewrite else frozenset(),
+                             rewrite=rewrite, mirror_hosts=frozenset(rewrite.mirror_hosts()),
                              progress=not quiet, total_hint=file_spec.records)
     summary = fetch_url_list(spec, subset, <root>/downloads/<name>/<filename>, root, options)
     summary.to_dict()  # for --json; summary.success_rate for --min-success
@@ -59,27 +59,6 @@ MALFORMED_LINES_KEPT = 20  # line numbers reported per reason; the counts are al
 # ----------------------------------------------------------------------------------------------- options
 
 
-@dataclass(frozen=True)
-class PrefixRewrite:
-    """`--mirror FROM=TO`: rewrite URL prefixes (first match wins). A plain object, so it pickles into
-    worker processes; any other picklable `rewrite(url) -> url` callable works too."""
-
-    pairs: tuple[tuple[str, str], ...]
-
-    def __call__(self, url: str) -> str:
-        for prefix, replacement in self.pairs:
-            if url.startswith(prefix):
-                return replacement + url[len(prefix):]
-        return url
-
-    @property
-    def hosts(self) -> frozenset[str]:
-        """The mirror targets' host names: allowed even when they are private (DESIGN.md §2)."""
-        from urllib.parse import urlsplit
-
-        return frozenset(h for _, to in self.pairs if (h := (urlsplit(to).hostname or "").lower()))
-
-
 def shard_from_env(environ: dict | None = None) -> tuple[int, int]:
     """(I, N) from a Slurm job array, else (0, 1). Arrays may start at any index (--array=1-8)."""
     env = os.environ if environ is None else environ
@@ -106,7 +85,7 @@ class UrlListOptions:
     backoff: float = 0.5
     max_redirects: int = 10
     allow_private_hosts: bool = False
-    rewrite: Callable[[str], str] | None = None  # e.g. PrefixRewrite(...)
+    rewrite: Callable[[str], str] | None = None  # picklable, e.g. mmcorpus.urls.UrlRewriter
     mirror_hosts: frozenset[str] = frozenset()  # hosts allowed although loopback/private (mirror targets)
     respect_opt_out: bool = True
     progress: bool = True
