@@ -54,15 +54,18 @@ def _is_stale_temporary(path: Path) -> bool:
             return time.time() - path.stat().st_mtime > FOREIGN_TEMP_MAX_AGE
         except OSError:
             return False
-    if pid == os.getpid():
-        return False
+    return pid != os.getpid() and not pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid runs on this host (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_json_atomic(path: Path, data: Any, *, indent: int | None = None, sort_keys: bool = False) -> None:

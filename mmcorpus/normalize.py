@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from mmcorpus.atomicio import write_json_atomic
+from mmcorpus.atomicio import pid_alive, write_json_atomic
 from mmcorpus.errors import BadInputError
 from mmcorpus.normalizers import Job, Rejects, normalizer_module
 from mmcorpus.resolve import ImageResolver
@@ -87,18 +87,8 @@ def _remove_stale_staging(plan: "_Plan") -> None:
     """Staging folders of killed runs (their pid is gone) would keep GBs of spill files forever."""
     for folder in plan.out_dir.glob(f".staging-{plan.subset}-*"):
         pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass

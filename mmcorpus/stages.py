@@ -83,15 +83,11 @@ class Mix:
         }
 
 
-def _rule(value) -> Rule:
-    return parse_rule(value)
-
-
 def _entry(item, index: int, source: Path, registry: Registry) -> MixEntry:
     f = Fields(item, f"datasets[{index}]", source)
     dataset = f.get("dataset", as_str, required=True)
     subset = f.get("subset", as_str, required=True)
-    rule = f.get("sample", _rule, Rule("all"))
+    rule = f.get("sample", parse_rule, Rule("all"))
     seed = f.get("seed", as_int)
     f.done()
     spec = registry.specs.get(dataset)
@@ -200,7 +196,6 @@ def image_state(root: Path, registry: Registry, dataset: str, subset: str) -> li
     return [_stat(p, images) for folder in folders if folder.is_dir() for p in sorted(folder.iterdir()) if p.is_file()]
 
 
-_image_state = image_state  # the name prepare.py imports today
 
 
 def fingerprint(root: Path, registry: Registry, entries: list[Entry], mix: Mix, options: dict) -> str:
