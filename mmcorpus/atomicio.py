@@ -32,7 +32,7 @@ def temporary_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.{HOST_TAG}-{os.getpid()}-{threading.get_ident()}{PART_SUFFIX}")
 
 
-def sweep_stale_temporaries(folder: Path) -> int:
+def sweep_stale_temporaries(folder: Path, *, recursive: bool = True) -> int:
     """Delete the temporary files that killed runs left under `folder` (their process is gone, or, from
     another host, they have not been touched for a day); a live run's are left alone."""
     removed = 0
@@ -41,6 +41,8 @@ def sweep_stale_temporaries(folder: Path) -> int:
             if name.endswith(PART_SUFFIX) and _is_stale_temporary(Path(current) / name):
                 Path(current, name).unlink(missing_ok=True)
                 removed += 1
+        if not recursive:
+            break
     return removed
 
 
@@ -66,6 +68,14 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary name unique to this writer."""
+    tmp = temporary_name(Path(path))
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
 
 
 def write_json_atomic(path: Path, data: Any, *, indent: int | None = None, sort_keys: bool = False) -> None:

@@ -35,7 +35,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parents[1]
 
 # Temporary names of every writer in mmcorpus: http.py (.part, .part.json, .part.tmp), archives.py (.mmpart),
-# urllist_shards.py (.tmp-<pid>-<thread>), verify.py/status.py (.tmp), locks.py (renamed stale locks).
+# atomicio.py (.mmpart: archives, URL-list shards, JSON records), stages (.tmp-<pid> folders), locks.py (renamed stale locks).
 TEMPORARY = ("*.part", "*.part.json", "*.tmp", "*.mmpart", "*.tmp-*", "*.lock.stale.*")
 # Same presence, content may differ: verification cache and extraction markers (counts, times), shard done
 # markers (stats with timings), run records.

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from mmcorpus.atomicio import write_bytes_atomic
 from mmcorpus.downloaders.urllist_progress import Progress
 from mmcorpus.downloaders.urllist_shards import (
     ShardPaths,
@@ -42,7 +43,6 @@ from mmcorpus.downloaders.urllist_shards import (
     read_marker,
     read_status,
     remove_stale_temporaries,
-    write_atomic,
     write_marker,
     write_status,
 )
@@ -450,7 +450,7 @@ class ShardWorker:
         out = []
         for row in rows:
             key = key_for(row.index)
-            write_atomic(paths.image_dir / f"{key}.{prepared.ext}", prepared.data)
+            write_bytes_atomic(paths.image_dir / f"{key}.{prepared.ext}", prepared.data)
             out.append(dict(
                 key=key, url=row.url, caption=row.caption, status="ok", error=None,
                 http_status=fetched.http_status, bytes=len(prepared.data), width=prepared.width,

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmcorpus.atomicio import sweep_stale_temporaries, temporary_name, write_json_atomic
 from mmcorpus.schema import STATUS_SCHEMA
 
 KEY_DIGITS = 9  # CC12M has 12.4M rows; 9 digits leave room for lists up to a billion rows
-TMP_MARK = ".tmp-"
 MARKER_VERSION = 1
 
 
@@ -64,21 +63,9 @@ class ShardPaths:
         return f"{self.dataset}/{self.subset}/{self.name}/{key}.{ext}"
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{threading.get_ident()}")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename (atomic on POSIX file systems)."""
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
-
-
 def write_status(paths: ShardPaths, rows: list[dict]) -> None:
     table = pa.Table.from_pylist(rows, schema=STATUS_SCHEMA)
-    tmp = _tmp_name(paths.parquet)
+    tmp = temporary_name(paths.parquet)
     pq.write_table(table, tmp)
     os.replace(tmp, paths.parquet)
 
@@ -95,7 +82,7 @@ def read_status(paths: ShardPaths) -> dict[str, dict]:
 
 
 def write_marker(paths: ShardPaths, stats: dict) -> None:
-    write_atomic(paths.marker, json.dumps({"version": MARKER_VERSION, **stats}, sort_keys=True).encode())
+    write_json_atomic(paths.marker, {"version": MARKER_VERSION, **stats}, sort_keys=True)
 
 
 def read_marker(paths: ShardPaths) -> dict | None:
@@ -106,8 +93,8 @@ def read_marker(paths: ShardPaths) -> dict | None:
 
 
 def remove_stale_temporaries(paths: ShardPaths) -> None:
-    """Delete temporary files left by a killed run (the caller holds the shard: nobody else writes it)."""
-    for folder, pattern in ((paths.image_dir, f"*{TMP_MARK}*"), (paths.subset_dir, f"{paths.name}.*{TMP_MARK}*")):
-        if folder.is_dir():
-            for leftover in folder.glob(pattern):
-                leftover.unlink(missing_ok=True)
+    """Delete the temporary files killed runs left in this shard's folder and beside it (parquet, marker)."""
+    if paths.image_dir.is_dir():
+        sweep_stale_temporaries(paths.image_dir)
+    if paths.subset_dir.is_dir():
+        sweep_stale_temporaries(paths.subset_dir, recursive=False)
