@@ -23,12 +23,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import mmcorpus
+from mmcorpus.atomicio import temporary_name
 from mmcorpus.schema import TURN_TYPE, UNIFIED_SCHEMA
 
 ROW_GROUP_SIZE = 10_000  # training readers read a row group at a time; 10k rows of LLaVA text is ~15 MB
 ROWS_PER_SHARD = 500_000
 COMPRESSION = "zstd"
-PART_SUFFIX = ".mmpart"
 _FLAT = [f.name for f in UNIFIED_SCHEMA if f.name != "conversations"]
 
 
@@ -63,6 +63,7 @@ class ShardWriter:
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
         self._tmp: Path | None = None
+        self._final: Path | None = None
         self._shard_rows = 0
         self._pending: list[pa.RecordBatch] = []  # Arrow rows not yet written, fewer than a row group
         self._pending_rows = 0
@@ -171,7 +172,7 @@ class ShardWriter:
     def _open_shard(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         final = self.out_dir / f"{self.subset}-{len(self.files):05d}.{self.fmt}"
-        self._tmp = final.with_name(f".{final.name}{PART_SUFFIX}")
+        self._final, self._tmp = final, temporary_name(final)
         if self.fmt == "arrow":
             self._writer = pa.ipc.new_file(str(self._tmp), self.schema)
             return
@@ -182,7 +183,6 @@ class ShardWriter:
         if self._writer is None:
             return
         self._writer.close()
-        final = self.out_dir / self._tmp.name[1 : -len(PART_SUFFIX)]
-        os.replace(self._tmp, final)
-        self.files.append(final)
+        os.replace(self._tmp, self._final)
+        self.files.append(self._final)
         self._writer, self._tmp, self._shard_rows = None, None, 0
