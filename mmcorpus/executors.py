@@ -184,8 +184,9 @@ def _default_tasks(ray, spec: Spec, subset: str, options: UrlListOptions) -> int
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     file_spec = spec.files.get(subset)
     rows = options.limit or options.total_hint or (file_spec.records if file_spec is not None else None)
-    if rows:  # more tasks than shards would only read the list for nothing
-        cpus = min(cpus, max(1, -(-rows // options.shard_size)))
+    if rows:  # more tasks than this run's shards would only read the list for nothing
+        slices = (options.shard or shard_from_env())[1]
+        cpus = min(cpus, max(1, -(-rows // options.shard_size // slices)))
     return cpus
 
 

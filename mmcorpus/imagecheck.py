@@ -21,6 +21,8 @@ from typing import Iterable
 
 from PIL import Image
 
+from mmcorpus.resolve import is_unsafe_path
+
 REASONS = ("bad_image_path", "image_missing", "image_empty", "image_undecodable")
 POOL_MIN = 512  # uncached paths in one prefetch below this are checked in-process (no pool start-up)
 CHUNK = 256
@@ -33,15 +35,8 @@ class ImageCheck:
     height: int | None = None
 
 
-def safe_relative(path: str) -> bool:
-    """Image paths are relative to <root>/images and never climb out of it."""
-    if not path or "\\" in path or "\0" in path or path.startswith("/"):
-        return False
-    return "/../" not in f"/{path}/"
-
-
 def check_image(images_root: str | Path, relative: str) -> ImageCheck:
-    if not safe_relative(relative):
+    if not relative or is_unsafe_path(relative):  # the normalizer's rule: never climb out of <root>/images
         return ImageCheck("bad_image_path")
     path = os.path.join(images_root, relative)
     try:
