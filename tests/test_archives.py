@@ -215,7 +215,11 @@ def test_two_concurrent_extractions_never_share_a_temporary_file(tmp_path):
     """A lock broken by mistake costs duplicate work, never corruption (both runs finish, every file whole)."""
     import multiprocessing
 
-    members = {f"{i:04d}.jpg": bytes([i % 251]) * (20_000 + i) for i in range(150)}
+    import random
+
+    # Incompressible members: 3 MB of constant bytes would be a zip bomb by the default limits, and
+    # the test then passed only when the two runs happened to share the work.
+    members = {f"{i:04d}.jpg": random.Random(i).randbytes(20_000 + i) for i in range(150)}
     archive = make_zip(tmp_path / "a.zip", members)
     dest = tmp_path / "out"
     with multiprocessing.get_context("fork").Pool(2) as pool:
