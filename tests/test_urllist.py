@@ -19,6 +19,7 @@ from PIL import Image
 
 from mmcorpus import USER_AGENT
 from mmcorpus.downloaders.urllist import UrlListOptions, fetch_url_list, shard_from_env
+from mmcorpus.errors import UsageError
 from mmcorpus.localmirror import Route
 from mmcorpus.registry import Spec
 from mmcorpus.schema import ERRORS, STATUS_SCHEMA
@@ -118,6 +119,34 @@ def test_every_error_word_of_the_vocabulary(tmp_path, root, mirror, faults):
     assert {e for e, _ in expected.values()} - {"ok"} == set(ERRORS)  # the test covers the whole vocabulary
     assert summary.ok == 4 and summary.rows == len(rows)
     assert summary.failed["blocked_url"] == 5 and summary.failed["timeout"] == 2
+
+
+def test_structure_check_classifies_the_vocabulary_like_the_decode_check(tmp_path, root, mirror, faults):
+    rows, expected = faults
+    tsv = write_tsv(tmp_path / "list.tsv", rows)
+    fetch_url_list(CC3M, "train", tsv, root, options(timeout=1.0, max_bytes=200_000, max_redirects=3,
+                                                     image_check="structure"))
+    got = by_caption(root)
+    assert {name: (got[name]["error"] or "ok", got[name]["http_status"]) for name in expected} == expected
+    with pytest.raises(UsageError, match="--image-check"):
+        fetch_url_list(CC3M, "train", tsv, root, options(image_check="header"))
+
+
+def test_a_failing_store_stops_the_shard_without_hanging_the_fetch_threads(tmp_path, root, mirror, monkeypatch):
+    """The network threads wait for room in the window that the storing thread frees; when storing fails
+    (a full disk), the queued fetches must still end, or the worker never shuts down."""
+    import mmcorpus.downloaders.urllist as urllist
+
+    def disk_full(path, data):
+        time.sleep(0.5)  # meanwhile the fetches fill the window and the network threads wait for room
+        raise OSError(28, "No space left on device")
+
+    mirror.put("a.jpg", jpeg())
+    monkeypatch.setattr(urllist, "write_bytes_atomic", disk_full)
+    tsv = write_tsv(tmp_path / "list.tsv", [(f"row {i}", f"{mirror.url}/a.jpg?{i}") for i in range(40)])
+    with pytest.raises(OSError, match="No space left"):
+        fetch_url_list(CC3M, "train", tsv, root, options(threads=2))
+    assert not (root / "images/cc3m/train/00000.done").exists()
 
 
 def test_ok_rows_are_complete_and_on_disk(tmp_path, root, mirror):

@@ -6,8 +6,9 @@ How the work is cut (img2dataset's lesson: the shard is the unit of work):
 - rows are read in a stream (mmcorpus.tsv) and grouped into shards of `shard_size` rows by row index;
 - `--shard I/N` keeps shards with index % N == I (defaults from SLURM_ARRAY_TASK_ID / _COUNT);
 - a shard whose done marker covers its rows is skipped; otherwise a worker process fetches it with a
-  thread pool (network waits and Pillow's decoding both release the GIL) and writes its images, its status
-  parquet and, last, its done marker (mmcorpus.downloaders.urllist_shards);
+  pool of network threads while one thread per process validates, resizes and stores what they bring
+  (ShardWorker._fetch_and_store), then writes its status parquet and, last, its done marker
+  (mmcorpus.downloaders.urllist_shards);
 - rows already `ok` in an earlier status parquet are kept, final failures too; `retry_failed` re-fetches
   the transient ones (schema.is_transient), never 404/410.
 Within a shard each distinct URL is fetched once; duplicate rows get their own copy of the file.
@@ -29,6 +30,7 @@ import hashlib
 import multiprocessing
 import os
 import queue as queue_module
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed, wait
 from dataclasses import asdict, dataclass, field
@@ -47,8 +49,8 @@ from mmcorpus.downloaders.urllist_shards import (
     write_status,
 )
 from mmcorpus.errors import BadInputError, UsageError
-from mmcorpus.httpfetch import Fetcher, FetchPolicy
-from mmcorpus.imaging import DEFAULT_MAX_PIXELS, ImageRejected, prepare
+from mmcorpus.httpfetch import Fetched, Fetcher, FetchPolicy
+from mmcorpus.imaging import CHECKS, DEFAULT_MAX_PIXELS, ImageRejected, prepare
 from mmcorpus.registry import Spec
 from mmcorpus.schema import is_transient
 from mmcorpus.tsv import Malformed, Row, read_rows
@@ -77,6 +79,7 @@ class UrlListOptions:
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
     resize: int | None = None  # shorter side -> SIZE, aspect kept, JPEG; None keeps the original bytes
+    image_check: str = "decode"  # how kept original bytes are proven sound: mmcorpus.imaging.CHECKS
     shard_size: int = 10_000
     limit: int | None = None  # only rows with index < limit
     shard: tuple[int, int] | None = None  # (I, N); None: from SLURM_ARRAY_TASK_ID/COUNT, else (0, 1)
@@ -106,6 +109,8 @@ class UrlListOptions:
             raise UsageError("shard size, --timeout and the byte cap must be positive")
         if self.resize is not None and self.resize < 1:
             raise UsageError("--resize must be a positive number of pixels or none")
+        if self.image_check not in CHECKS:
+            raise UsageError(f"--image-check must be one of {', '.join(CHECKS)}, got {self.image_check!r}")
         index, count = self.shard or (0, 1)
         if not (count >= 1 and 0 <= index < count):
             raise UsageError(f"--shard {index}/{count}: need 0 <= I < N")
@@ -409,19 +414,43 @@ class ShardWorker:
         for row in job.rows:
             if key_for(row.index) not in status:
                 todo.setdefault(row.url, []).append(row)
-        fetched = fetched_ok = 0
-        futures = [self.pool.submit(self._fetch_rows, paths, url, rows) for url, rows in todo.items()]
-        for future in as_completed(futures):
-            results = future.result()
-            ok = sum(r["status"] == "ok" for r in results)
-            report(ok, len(results) - ok, sum(r["bytes"] or 0 for r in results if r["status"] == "ok"))
-            fetched, fetched_ok = fetched + len(results), fetched_ok + ok
-            status.update((r["key"], r) for r in results)
+        fetched, fetched_ok = self._fetch_and_store(paths, todo, status, report)
         rows = [status[key_for(row.index)] for row in job.rows]
         write_status(paths, rows)
         stats = _shard_stats(job, rows, fetched, fetched_ok, self.options)
         write_marker(paths, stats)  # last: the shard counts as done only from here on
         return stats
+
+    def _fetch_and_store(self, paths: ShardPaths, todo: dict[str, list[Row]], status: dict[str, dict],
+                         report: Callable[[int, int, int], None]) -> tuple[int, int]:
+        """Fetch every URL of `todo` on the network threads; validate and store them on this thread.
+
+        One CPU thread per process: with dozens of threads decoding at once, caches and the allocator
+        thrash (measured on 2 cores: a fifth fewer images/s with resize, docs/benchmarks.md). `window`
+        bounds the bodies fetched but not yet stored, so memory stays flat when the CPU is the bottleneck.
+        Returns (rows fetched, rows stored ok); adds their status rows to `status`.
+        """
+        window = threading.Semaphore(2 * self.options.threads)
+        futures = [self.pool.submit(self._fetch_one, window, url, rows) for url, rows in todo.items()]
+        fetched = fetched_ok = 0
+        try:
+            for future in as_completed(futures):
+                rows, response = future.result()
+                try:
+                    results = self._store(paths, rows, response)
+                finally:
+                    window.release()
+                ok = sum(r["status"] == "ok" for r in results)
+                report(ok, len(results) - ok, sum(r["bytes"] or 0 for r in results if r["status"] == "ok"))
+                fetched, fetched_ok = fetched + len(results), fetched_ok + ok
+                status.update((r["key"], r) for r in results)
+        except BaseException:  # e.g. a full disk: let the queued fetches end instead of waiting forever
+            for future in futures:
+                future.cancel()
+            for _ in futures:
+                window.release()
+            raise
+        return fetched, fetched_ok
 
     def _kept_rows(self, job: ShardJob) -> dict[str, dict]:
         """Rows of an earlier status parquet that need no new fetch."""
@@ -436,14 +465,22 @@ class ShardWorker:
                 kept[key] = {**old, "caption": row.caption}
         return kept
 
-    def _fetch_rows(self, paths: ShardPaths, url: str, rows: list[Row]) -> list[dict]:
-        """Fetch one URL, validate it, store it once per row that names it."""
-        rewrite = self.options.rewrite
-        fetched = self.fetcher.fetch(rewrite(url) if rewrite else url)
+    def _fetch_one(self, window: threading.Semaphore, url: str, rows: list[Row]) -> tuple[list[Row], Fetched]:
+        """Network thread: fetch one URL once the window has room for its body."""
+        window.acquire()
+        try:
+            rewrite = self.options.rewrite
+            return rows, self.fetcher.fetch(rewrite(url) if rewrite else url)
+        except BaseException:
+            window.release()
+            raise
+
+    def _store(self, paths: ShardPaths, rows: list[Row], fetched: Fetched) -> list[dict]:
+        """CPU thread: validate the fetched bytes, store them once per row that names the URL."""
         if fetched.error:
             return [_failed(row, fetched.error, fetched.http_status) for row in rows]
         try:
-            prepared = prepare(fetched.data, self.options.resize, self.options.max_pixels)
+            prepared = prepare(fetched.data, self.options.resize, self.options.max_pixels, self.options.image_check)
         except ImageRejected as rejected:
             return [_failed(row, rejected.error, fetched.http_status) for row in rows]
         digest = hashlib.sha256(prepared.data).hexdigest()
