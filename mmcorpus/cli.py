@@ -254,6 +254,9 @@ def fetch(
     threads: Annotated[Optional[int], typer.Option(help="Download threads per process.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N samples (trials).")] = None,
     resize: Annotated[Optional[str], typer.Option(help="Resize images so the shorter side is SIZE (JPEG), or 'none' to keep the bytes.")] = None,
+    image_check: Annotated[Optional[str], typer.Option(
+        "--image-check", help="How kept JPEG bytes are checked: decode (default; every byte decoded) or "
+                              "structure (header and end-of-image marker only; faster, see README).")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Total deadline per image, seconds.")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-try transient image failures.")] = False,
     mirror: Annotated[Optional[list[str]], typer.Option(help="Rewrite URL prefixes FROM=TO (repeatable).")] = None,
@@ -290,7 +293,7 @@ def fetch(
         root=state.resolved_root(),
         download=DownloadOptions(rewrite=UrlRewriter.from_args(mirror)),
         images=ImageOptions(workers=workers, threads=threads, limit=limit, resize=parse_resize(resize),
-                            timeout=timeout, retry_failed=retry_failed, shard=parse_shard(shard),
+                            image_check=image_check, timeout=timeout, retry_failed=retry_failed, shard=parse_shard(shard),
                             allow_private_hosts=allow_private_hosts, respect_opt_out=not ignore_opt_out,
                             engine=engine, executor=executor, ray_address=ray_address, tasks=tasks),
         no_images=no_images, all_files=all_files, dry_run=dry_run, delete_archives=delete_archives,

@@ -29,6 +29,7 @@ class ImageOptions:
     threads: int | None = None
     limit: int | None = None
     resize: int | None = None
+    image_check: str | None = None  # decode | structure (mmcorpus.imaging.CHECKS)
     timeout: float | None = None
     retry_failed: bool = False
     shard: tuple[int, int] | None = None

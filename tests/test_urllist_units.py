@@ -146,6 +146,43 @@ def test_rejected_bytes(data, error):
     assert caught.value.error == error
 
 
+def _scan_start(data: bytes) -> int:
+    """Offset of a baseline JPEG's entropy-coded data (after the start-of-scan header)."""
+    sos = data.index(b"\xff\xda")
+    return sos + 2 + ((data[sos + 2] << 8) | data[sos + 3])
+
+
+def test_structure_check_keeps_complete_jpegs_and_refuses_cut_ones():
+    data = _encode("JPEG", (400, 300))
+    for whole in (data, data + b"bytes a camera appended after the end marker"):
+        prepared = prepare(whole, check="structure")
+        assert (prepared.data, prepared.width, prepared.height) == (whole, 400, 300)
+    cuts = {"no end marker": data[:-2], "half": data[: len(data) // 2],
+            "scan header only": data[: _scan_start(data)], "headers cut": data[:40]}
+    for name, cut in cuts.items():
+        with pytest.raises(ImageRejected) as caught:
+            prepare(cut, check="structure")
+        assert caught.value.error == "corrupt", name
+
+
+def test_structure_check_is_weaker_than_decoding_garbled_scans():
+    """What the structure check gives up (documented): garbled bytes inside a complete file pass it. A
+    marker that cannot appear inside a scan makes libjpeg fail, so only the decode check refuses it."""
+    data = _encode("JPEG", (400, 300))
+    start = _scan_start(data)
+    garbled = data[:start + 10] + b"\xff\xc0\x00\x02" + data[start + 10:]
+    assert prepare(garbled, check="structure").data == garbled
+    with pytest.raises(ImageRejected) as caught:
+        prepare(garbled, check="decode")
+    assert caught.value.error == "corrupt"
+
+
+def test_structure_check_still_decodes_other_formats():
+    with pytest.raises(ImageRejected) as caught:
+        prepare(_encode("PNG", (400, 300))[:-30], check="structure")
+    assert caught.value.error == "corrupt"
+
+
 @pytest.mark.parametrize("side", [5_000, 30_000])  # above our cap; above Pillow's own bomb limit too
 def test_decompression_bomb_refused_from_header(side):
     with pytest.raises(ImageRejected) as caught:
