@@ -130,11 +130,14 @@ class _PinnedHTTP(http.client.HTTPConnection):
 
 class _PinnedHTTPS(_PinnedHTTP):
     default_port = 443
-    _context = ssl.create_default_context()
+
+    def __init__(self, host: str, port: int, addresses: list[str], timeout: float, context: ssl.SSLContext):
+        super().__init__(host, port, addresses, timeout)
+        self.context = context
 
     def connect(self) -> None:
         super().connect()
-        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
+        self.sock = self.context.wrap_socket(self.sock, server_hostname=self.host)
 
 
 class Fetcher:
@@ -146,6 +149,9 @@ class Fetcher:
         self.watchdog = Watchdog()
         self._local = threading.local()
         self._hosts = HostSlots(policy.host_connections)
+        # Certificates verified against the system store, read when the fetcher is made: SSL_CERT_FILE /
+        # SSL_CERT_DIR (a company CA, a test CA) apply to it.
+        self._tls = ssl.create_default_context()
 
     def close(self) -> None:
         """Stop the watchdog and the resolver pool (connections close with their threads)."""
@@ -316,9 +322,12 @@ class Fetcher:
             raise Failure("connection", detail=f"DNS: {exc}") from None
         while len(pool) >= CONNECTIONS_PER_THREAD:
             pool.pop(next(iter(pool))).close()
-        cls = _PinnedHTTPS if target.scheme == "https" else _PinnedHTTP
         timeout = max(0.01, deadline - time.monotonic())
-        conn = pool[target.origin] = cls(target.host, target.port, addresses, timeout=timeout)
+        if target.scheme == "https":
+            conn = _PinnedHTTPS(target.host, target.port, addresses, timeout, self._tls)
+        else:
+            conn = _PinnedHTTP(target.host, target.port, addresses, timeout)
+        pool[target.origin] = conn
         return conn, False
 
     def _drop(self, target: Target, conn: _PinnedHTTP) -> None:

@@ -18,6 +18,7 @@ import email.utils
 import json
 import mimetypes
 import posixpath
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -64,13 +65,17 @@ class SeenRequest:
 class LocalMirror:
     """Serve `folder` on 127.0.0.1 in a background thread. Use as a context manager or start()/stop()."""
 
-    def __init__(self, folder: str | Path, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, folder: str | Path, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None):
+        """`tls`: a server-side SSL context to serve https (tests of the TLS path) instead of http."""
         self.folder = Path(folder)
+        self.scheme = "https" if tls is not None else "http"
         self.routes: dict[str, list[Route]] = {}
         self.requests: list[SeenRequest] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), _make_handler(self))
         self._server.daemon_threads = True
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread: threading.Thread | None = None
         self._load_routes_file()
 
@@ -81,7 +86,7 @@ class LocalMirror:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> "LocalMirror":
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="localmirror",
