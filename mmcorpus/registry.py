@@ -421,6 +421,11 @@ class Registry:
             hint = f" (did you mean {', '.join(close)}?)" if close else " (see 'mmcorpus list')"
             raise UsageError(f"unknown dataset or collection '{name}'{hint}") from None
 
+    def with_collections(self, name: str) -> list[Spec]:
+        """`name`'s spec, then the image collections it names (where a dataset's images live)."""
+        spec = self.get(name)
+        return [spec] + [self.get(c) for c in spec.collections]
+
     def __iter__(self):
         return iter(sorted(self.specs.values(), key=lambda s: (s.kind != "dataset", s.name)))
 

@@ -68,11 +68,7 @@ def read_run(root: Path, name: str) -> dict | None:
 def collect_status(registry: Registry, root: Path, name: str | None = None) -> dict:
     """Status of every spec, or of `name` (a dataset also shows the collections its images live in)."""
     root = Path(root)
-    if name is None:
-        specs = list(registry)
-    else:
-        spec = registry.get(name)
-        specs = [spec] + [registry.get(c) for c in spec.collections]
+    specs = list(registry) if name is None else registry.with_collections(name)
     return {"root": str(root), "collected_at": time.time(), "items": {s.name: spec_status(s, root) for s in specs}}
 
 

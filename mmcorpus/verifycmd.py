@@ -53,7 +53,7 @@ def verify_root(registry: Registry, root: Path, name: str | None = None, *, work
     "moved_aside": [paths]}; `ok` is False when anything is bad.
     """
     root = Path(root)
-    specs = list(registry) if name is None else _with_collections(registry, name)
+    specs = list(registry) if name is None else registry.with_collections(name)
     workers = workers or os.cpu_count() or 1
     items = {}
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -66,11 +66,6 @@ def verify_root(registry: Registry, root: Path, name: str | None = None, *, work
         for item in items.values():
             _repair(registry.get(item["name"]), item, root, report)
     return report
-
-
-def _with_collections(registry: Registry, name: str) -> list[Spec]:
-    spec = registry.get(name)
-    return [spec] + [registry.get(c) for c in spec.collections]
 
 
 def _verify_spec(spec: Spec, root: Path, pool: ProcessPoolExecutor, workers: int) -> dict:
