@@ -283,10 +283,13 @@ def fetch(
     from mmcorpus.downloaders.http import DownloadOptions
     from mmcorpus.executors import check_available
     from mmcorpus.fetch import FetchOptions, ImageOptions, fetch as run_fetch
+    from mmcorpus.imaging import CHECKS
     from mmcorpus.urls import UrlRewriter
 
     state = _setup(ctx, root, config_dir, quiet, verbose, log_file)
     check_available(executor, engine)  # exit 2 before any download when Ray / img2dataset is missing
+    if image_check is not None and image_check not in CHECKS:
+        raise UsageError(f"--image-check expects one of {', '.join(CHECKS)}, got {image_check!r}")
     if min_success is not None and not 0 <= min_success <= 1:
         raise UsageError(f"--min-success expects a ratio between 0 and 1, got {min_success}")
     options = FetchOptions(

@@ -36,9 +36,9 @@ EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": 
 DEFAULT_MAX_PIXELS = 50_000_000  # ~8000 x 6000; a decode of that size already needs ~150 MB
 JPEG_QUALITY = 95
 CHECKS = ("decode", "structure")  # how stored original bytes are proven sound (module docstring)
-# Peak memory: a decode needs up to width * height * 4 bytes, and a process runs dozens of fetch threads.
-# Images above BIG_PIXELS are decoded at most two at a time per process; typical web images skip the gate
-# (it would cost a lock handoff per image).
+# Peak memory: a decode needs up to width * height * 4 bytes. The URL engine decodes on one thread per process,
+# other callers may use several: images above BIG_PIXELS are decoded at most two at a time per process;
+# typical web images skip the gate (it would cost a lock handoff per image).
 BIG_PIXELS = 12_000_000
 _BIG_DECODES = threading.BoundedSemaphore(2)
 

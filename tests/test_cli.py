@@ -89,6 +89,8 @@ def test_bad_option_values_exit_2(tmp_path):
     assert mmcorpus("fetch", "cc3m", "--resize", "huge", "--dry-run").returncode == 2
     assert mmcorpus("fetch", "cc3m", "--mirror", "nonsense", "--dry-run").returncode == 2
     assert mmcorpus("fetch", "cc3m:nosuchfile", "--dry-run").returncode == 2
+    bad_check = mmcorpus("fetch", "cc3m", "--image-check", "header", "--dry-run")
+    assert bad_check.returncode == 2 and "--image-check" in one_line_error(bad_check)
 
 
 def test_fetch_then_refetch_is_idempotent(mirror, tmp_path):
