@@ -78,6 +78,16 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: Path, default: Any = None) -> Any:
+    """A JSON bookkeeping file (marker, manifest, cache), or `default` when it is missing or unreadable.
+    Writers go through write_json_atomic, so a file that does not parse was not written by us: treat it
+    as absent and let the caller redo what it records."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
 def write_json_atomic(path: Path, data: Any, *, indent: int | None = None, sort_keys: bool = False) -> None:
     """Write `data` as JSON to `path` through a temporary name unique to this writer."""
     path = Path(path)

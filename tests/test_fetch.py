@@ -84,3 +84,43 @@ def test_failed_archive_is_reported_not_raised(three_part_collection, mirror, tm
     report = fetch(three_part_collection, ["parts"], options(tmp_path / "root"))
     assert report["ok"] is False
     assert "HTTP 404" in report["targets"][0]["error"]
+
+
+def test_collections_by_need_are_scanned_once_until_the_annotations_change(mirror, tmp_path, monkeypatch):
+    """Which collections a JSON dataset needs is read from every record (~30 s for mix665k): a cron re-run
+    with nothing changed must reuse the answer, a changed file must be read again."""
+    import json
+
+    import mmcorpus.normalize as normalize
+
+    def records(folder: str) -> bytes:
+        return json.dumps([{"id": i, "image": f"{folder}/{i}.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A test."}]}
+            for i in range(3)]).encode()
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    for name in ("first", "second"):
+        url = mirror.put(f"{name}.zip", zip_bytes({f"{i}.jpg": b"jpeg" for i in range(3)}))
+        (specs / f"{name}.yaml").write_text(f"name: {name}\nkind: collection\npath: {name}\narchives:\n  - url: {url}\n")
+    annotations = mirror.put("data.json", records("first"))
+    (specs / "mine.yaml").write_text(f"name: mine\nkind: dataset\nfiles:\n  main:\n    url: {annotations}\n"
+                                     "format: {type: llava}\nimages:\n  collections: [first, second]\n")
+    monkeypatch.setenv("MMCORPUS_CONFIG_DIR", str(specs))
+    scans = []
+    real_scan = normalize.dataset_image_paths
+    monkeypatch.setattr(normalize, "dataset_image_paths", lambda *a, **k: scans.append(a) or real_scan(*a, **k))
+    root = tmp_path / "root"
+
+    def needed() -> dict:
+        report = fetch(Registry.load(), ["mine"], options(root))
+        return report["targets"][0]["collections_needed"]
+
+    assert needed() == {"first": 3} and len(scans) == 1
+    assert needed() == {"first": 3} and len(scans) == 1  # nothing changed: the stored answer
+    assert (root / "images/first/2.jpg").is_file() and not (root / "images/second").exists()
+
+    mirror.put("data.json", records("second"))  # the file changed upstream: a forced re-download reads it again
+    (root / "downloads/mine/data.json").unlink()
+    assert needed() == {"second": 3} and len(scans) == 2
+    assert (root / "images/second/2.jpg").is_file()
