@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Callable, Iterable
 
-from mmcorpus.atomicio import write_json_atomic
+from mmcorpus.atomicio import read_json, write_json_atomic
 from mmcorpus import __version__
 from mmcorpus.normalize import normalize_subset
 from mmcorpus.registry import Registry
@@ -46,7 +46,7 @@ def normalize_if_changed(registry: Registry, root: Path, dataset: str, subset: s
         return {"status": "not_fetched"}
     marker = Path(root) / "normalized" / dataset / f"_{subset}.inputs.json"
     fingerprint = _inputs_fingerprint(registry, root, spec, file)
-    if not force and _read(marker).get("fingerprint") == fingerprint and normalized_files(root, dataset, subset):
+    if not force and read_json(marker, {}).get("fingerprint") == fingerprint and normalized_files(root, dataset, subset):
         return {"status": "unchanged"}
     log(f"normalizing {dataset}/{subset}")
     with hold_lock(Path(root), dataset, command=f"mmcorpus prepare (normalize {dataset}/{subset})"):
@@ -81,12 +81,5 @@ def _stat(path: Path) -> list | None:
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns]
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 
-from mmcorpus.atomicio import write_json_atomic
+from mmcorpus.atomicio import read_json, write_json_atomic
 from mmcorpus import __version__
 from mmcorpus.dedup import Deduper
 from mmcorpus.errors import UsageError
@@ -218,10 +218,7 @@ def stage_dir(root: Path, stage: str) -> Path:
 
 def read_manifest(root: Path, stage: str) -> dict | None:
     """The manifest of a prepared stage, or None (for `status` and the no-op check)."""
-    try:
-        return json.loads((stage_dir(root, stage) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return read_json(stage_dir(root, stage) / MANIFEST)
 
 
 def prepared_stages(root: Path) -> dict[str, dict]:
@@ -323,9 +320,8 @@ def prepare_stage(
 def upstream_failures(root: Path, dataset: str, subset: str) -> dict:
     """What was lost before this stage, from the normalizer's `_<subset>.report.json`: records rejected by
     reason, and for URL-list datasets the downloads that failed by reason (link rot). Empty when unknown."""
-    try:
-        report = json.loads((Path(root) / "normalized" / dataset / f"_{subset}.report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    report = read_json(Path(root) / "normalized" / dataset / f"_{subset}.report.json")
+    if not isinstance(report, dict):
         return {}
     rejects = {k: v.get("count", 0) if isinstance(v, dict) else v for k, v in (report.get("rejects") or {}).items()}
     failed = (report.get("source") or {}).get("failed") or {}

@@ -13,7 +13,6 @@ Cron users run it often, on roots of many terabytes on network file systems, so 
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -25,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmcorpus.downloaders.http import part_path
-from mmcorpus.atomicio import write_json_atomic
+from mmcorpus.atomicio import read_json, write_json_atomic
 from mmcorpus.collections import collection_dir
 from mmcorpus.downloaders import verify
 from mmcorpus.downloaders.archives import MARKER_DIR, Mapping, marker_path, read_marker
@@ -56,10 +55,7 @@ def record_run(root: Path, name: str, summary: dict) -> Path:
 
 
 def read_run(root: Path, name: str) -> dict | None:
-    try:
-        return json.loads((Path(root) / RUNS_DIR / f"{name}.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return read_json(Path(root) / RUNS_DIR / f"{name}.json")
 
 
 # --------------------------------------------------------------------------------------------- collect

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import fnmatch
 import gzip
-import json
 import os
 import stat
 import tarfile
@@ -38,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
-from mmcorpus.atomicio import sweep_stale_temporaries, temporary_name, write_json_atomic
+from mmcorpus.atomicio import read_json, sweep_stale_temporaries, temporary_name, write_json_atomic
 from mmcorpus.errors import BadInputError
 
 CHUNK = 1 << 20
@@ -108,13 +107,9 @@ def marker_path(archive_name: str, dest: Path) -> Path:
 def read_marker(archive_name: str, dest: Path, mapping: Mapping = Mapping()) -> dict | None:
     """The marker's counts if `archive_name` was fully extracted into `dest` with this mapping, else None.
     Callers check this before downloading, so a deleted archive is not fetched again."""
-    path = marker_path(archive_name, dest)
-    try:
-        done = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    done = read_json(marker_path(archive_name, dest), {})
     # A changed mapping (new strip/include in the spec) must re-extract, not trust the old layout.
-    return done if done.get("mapping") == mapping.as_dict() else None
+    return done if done and done.get("mapping") == mapping.as_dict() else None
 
 
 def extract_archive(

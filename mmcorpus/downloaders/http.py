@@ -34,6 +34,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import requests
 
 from mmcorpus import USER_AGENT
+from mmcorpus.atomicio import read_json
 from mmcorpus.downloaders import verify
 from mmcorpus.errors import DownloadError, VerificationError
 from mmcorpus.progress import ByteProgress
@@ -392,10 +393,7 @@ def _resume_point(part: Path, spec_url: str) -> tuple[int, str | None]:
     """Bytes already downloaded for this URL, and the validator to send with If-Range."""
     if not part.exists():
         return 0, None
-    try:
-        meta = json.loads(_meta_path(part).read_text())
-    except (OSError, ValueError):
-        meta = {}
+    meta = read_json(_meta_path(part), {})
     if meta.get("url") != spec_url:  # a partial file of something else: never splice it
         _discard(part)
         return 0, None

@@ -12,7 +12,6 @@ never half of one, and the done marker exists only if the parquet before it is c
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmcorpus.atomicio import sweep_stale_temporaries, temporary_name, write_json_atomic
+from mmcorpus.atomicio import read_json, sweep_stale_temporaries, temporary_name, write_json_atomic
 from mmcorpus.schema import STATUS_SCHEMA
 
 KEY_DIGITS = 9  # CC12M has 12.4M rows; 9 digits leave room for lists up to a billion rows
@@ -86,10 +85,7 @@ def write_marker(paths: ShardPaths, stats: dict) -> None:
 
 
 def read_marker(paths: ShardPaths) -> dict | None:
-    try:
-        return json.loads(paths.marker.read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json(paths.marker)
 
 
 def remove_stale_temporaries(paths: ShardPaths) -> None:
