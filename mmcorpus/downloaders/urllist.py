@@ -322,6 +322,7 @@ def _run_pool(jobs: Iterator[ShardJob], options: UrlListOptions, summary: UrlLis
     shards per worker are read ahead, so memory does not grow with the length of the list."""
     # fork: workers inherit the options (including a user's rewrite callable) without pickling them.
     context = multiprocessing.get_context("fork")
+    _load_lazy_imports()
     updates = context.Queue()
     pending: set[Future] = set()
 
@@ -344,6 +345,15 @@ def _run_pool(jobs: Iterator[ShardJob], options: UrlListOptions, summary: UrlLis
         while pending:
             settle()
     _drain(updates, progress)
+
+
+def _load_lazy_imports() -> None:
+    """pyarrow imports pandas (when it is installed) the first time it converts Python objects: ~0.5 s of CPU.
+    Done once here, before the fork, instead of once in every worker process when it writes its first
+    status parquet."""
+    import pyarrow as pa
+
+    pa.array([0])
 
 
 def _drain(updates, progress: Progress) -> None:
