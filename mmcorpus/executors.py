@@ -35,7 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from mmcorpus.downloaders.urllist import MALFORMED_LINES_KEPT, UrlListOptions, UrlListSummary, fetch_url_list, shard_from_env
-from mmcorpus.downloaders.urllist_progress import Progress
+from mmcorpus.progress import CountProgress
 from mmcorpus.errors import MMCorpusError, UsageError
 from mmcorpus.registry import Spec
 
@@ -164,7 +164,7 @@ def _run_on_ray(ray, spec: Spec, subset: str, tsv_path: str | Path, root: str | 
             for slice_ in task_shards(options.shard or shard_from_env(), tasks)
         }
         log.info("ray: %d tasks for %s/%s (%d retries each)", len(pending), spec.name, subset, max_retries)
-        progress = Progress(f"{spec.name}/{subset} (ray, {tasks} tasks)", enabled=options.progress)
+        progress = CountProgress(f"{spec.name}/{subset} (ray, {tasks} tasks)", enabled=options.progress)
         try:
             parts, failures = _gather(ray, pending, progress)
         finally:
@@ -190,7 +190,7 @@ def _default_tasks(ray, spec: Spec, subset: str, options: UrlListOptions) -> int
     return cpus
 
 
-def _gather(ray, pending: dict, progress: Progress) -> tuple[list[UrlListSummary], list[str]]:
+def _gather(ray, pending: dict, progress: CountProgress) -> tuple[list[UrlListSummary], list[str]]:
     parts, failures = [], []
     waiting = list(pending)
     while waiting:

@@ -83,3 +83,50 @@ class ByteProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class CountProgress:
+    """Rows of a URL list: `update(ok, failed, bytes)` as they finish, `close()` at the end. A tqdm bar with
+    images/s and the success rate on a terminal; otherwise a log line every LOG_EVERY_S (cron and Slurm logs,
+    and --log-file, get lines, not carriage-return redraws)."""
+
+    def __init__(self, label: str, total: int | None = None, enabled: bool = True):
+        self.label, self.enabled = label, enabled
+        self.ok = self.failed = self.bytes = 0
+        self.started = self.last_log = time.monotonic()
+        self.bar = None
+        if enabled and bars_enabled():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=label, unit="img", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.failed
+
+    def update(self, ok: int, failed: int, nbytes: int) -> None:
+        self.ok, self.failed, self.bytes = self.ok + ok, self.failed + failed, self.bytes + nbytes
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(ok + failed)
+            self.bar.set_postfix_str(f"ok {self.success_rate():.1%}, {human_bytes(self.bytes)}", refresh=False)
+            return
+        now = time.monotonic()
+        if now - self.last_log >= LOG_EVERY_S:
+            self.last_log = now
+            log.info("%s: %s", self.label, self.describe())
+
+    def success_rate(self) -> float:
+        return self.ok / self.done if self.done else 0.0
+
+    def describe(self) -> str:
+        speed = self.ok / max(time.monotonic() - self.started, 1e-9)
+        return (f"{self.done:,} rows, {self.ok:,} ok ({self.success_rate():.1%}), {speed:,.1f} images/s, "
+                f"{human_bytes(self.bytes)}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and self.done:
+            log.info("%s: %s", self.label, self.describe())

@@ -369,12 +369,14 @@ def test_pool_of_worker_processes(tmp_path, mirror):
     assert status_rows(tmp_path / "pool") == status_rows(tmp_path / "here")
 
 
-def test_progress_line_on_non_tty(tmp_path, root, mirror, capsys):
+def test_progress_line_on_non_tty(tmp_path, root, mirror, caplog):
+    """Without a terminal the progress goes to the log (stderr lines with times, and --log-file), no bar."""
     mirror.put("a.jpg", jpeg())
     tsv = write_tsv(tmp_path / "list.tsv", [("x", f"{mirror.url}/a.jpg")])
-    summary = fetch_url_list(CC3M, "train", tsv, root, options(progress=True))
-    err = capsys.readouterr().err
-    assert "cc3m/train: 1 rows, 1 ok (100.0%)" in err and "images/s" in err
+    with caplog.at_level("INFO", logger="mmcorpus"):
+        summary = fetch_url_list(CC3M, "train", tsv, root, options(progress=True))
+    lines = [r.getMessage() for r in caplog.records if r.name == "mmcorpus"]
+    assert any("cc3m/train: 1 rows, 1 ok (100.0%)" in line and "images/s" in line for line in lines), lines
     as_dict = summary.to_dict()
     assert json.loads(json.dumps(as_dict)) == as_dict and as_dict["success_rate"] == 1.0
 

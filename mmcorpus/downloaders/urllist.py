@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from mmcorpus.atomicio import write_bytes_atomic
-from mmcorpus.downloaders.urllist_progress import Progress
 from mmcorpus.downloaders.urllist_shards import (
     ShardPaths,
     key_for,
@@ -51,6 +50,7 @@ from mmcorpus.downloaders.urllist_shards import (
 from mmcorpus.errors import BadInputError, UsageError
 from mmcorpus.httpfetch import Fetched, Fetcher, FetchPolicy
 from mmcorpus.imaging import CHECKS, DEFAULT_MAX_PIXELS, ImageRejected, prepare
+from mmcorpus.progress import CountProgress
 from mmcorpus.registry import Spec
 from mmcorpus.schema import is_transient
 from mmcorpus.tsv import Malformed, Row, read_rows
@@ -275,7 +275,8 @@ def fetch_url_list(spec: Spec, subset: str, tsv_path: str | Path, root: str | Pa
 
     summary = UrlListSummary(dataset=spec.name, subset=subset)
     expected = options.limit or options.total_hint or (file_spec.records if file_spec is not None else None)
-    progress = Progress(f"{spec.name}/{subset}", total=expected and -(-expected // shard[1]), enabled=options.progress)
+    progress = CountProgress(f"{spec.name}/{subset}", total=expected and -(-expected // shard[1]),
+                             enabled=options.progress)
     started = time.monotonic()
     jobs = _shard_jobs(Path(tsv_path), columns, paths_for, options, shard, summary)
     try:
@@ -306,7 +307,8 @@ def _finish(stats: dict, summary: UrlListSummary) -> None:
     summary.shards_done.append(stats["shard"])
 
 
-def _run_here(jobs: Iterator[ShardJob], options: UrlListOptions, summary: UrlListSummary, progress: Progress) -> None:
+def _run_here(jobs: Iterator[ShardJob], options: UrlListOptions, summary: UrlListSummary,
+              progress: CountProgress) -> None:
     """workers=1: everything in this process (tests, debugging, tiny lists)."""
     worker = ShardWorker(options)
     try:
@@ -317,7 +319,8 @@ def _run_here(jobs: Iterator[ShardJob], options: UrlListOptions, summary: UrlLis
         worker.close()
 
 
-def _run_pool(jobs: Iterator[ShardJob], options: UrlListOptions, summary: UrlListSummary, progress: Progress) -> None:
+def _run_pool(jobs: Iterator[ShardJob], options: UrlListOptions, summary: UrlListSummary,
+              progress: CountProgress) -> None:
     """One process per worker, each fetching one shard at a time with its own thread pool. At most two
     shards per worker are read ahead, so memory does not grow with the length of the list."""
     # fork: workers inherit the options (including a user's rewrite callable) without pickling them.
@@ -356,7 +359,7 @@ def _load_lazy_imports() -> None:
     pa.array([0])
 
 
-def _drain(updates, progress: Progress) -> None:
+def _drain(updates, progress: CountProgress) -> None:
     while True:
         try:
             ok, failed, nbytes = updates.get_nowait()
