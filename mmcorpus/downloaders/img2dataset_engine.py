@@ -67,7 +67,7 @@ from mmcorpus.downloaders.urllist import (
     UrlListSummary,
     keep_previous,
     shard_already_done,
-    shard_from_env,
+    shard_jobs,
     shard_stats,
     stored_with_same_resize,
 )
@@ -76,7 +76,7 @@ from mmcorpus.downloaders.urllist_shards import (
 )
 from mmcorpus.errors import UsageError
 from mmcorpus.registry import Spec
-from mmcorpus.tsv import Malformed, Row, read_rows
+from mmcorpus.tsv import Malformed, Row
 from mmcorpus.urlsafety import BlockedURL, is_public, parse_target
 
 DISTRIBUTORS = {"local": "multiprocessing", "ray": "ray", "pyspark": "pyspark"}  # --executor -> img2dataset's
@@ -141,36 +141,16 @@ def plan_shards(spec: Spec, subset: str, tsv_path: Path, root: Path, options: Ur
                 input_dir: Path, summary: UrlListSummary) -> Iterator[ShardPlan]:
     """Step 1 and 2: yield each of this run's shards that needs work, with its img2dataset input file
     written (when it has rows to fetch). Finished shards are counted into `summary` and not yielded."""
-    file_spec = spec.files.get(subset)
-    columns = tuple((file_spec.columns if file_spec is not None else ()) or spec.format_columns)
-    index, count = options.shard or shard_from_env()
-    size = options.shard_size
     images_root = root / "images"
-    current: ShardPlan | None = None
-    batch: list[Row] = []
-    pending: list[Malformed] = []
-
-    def on_malformed(item: Malformed) -> None:
-        summary.add_malformed(item)
-        pending.append(item)
-
-    def finish(plan: ShardPlan) -> ShardPlan | None:
+    for job in shard_jobs(spec, subset, tsv_path, root, options, summary):
+        plan = ShardPlan(job.paths, end=job.end, keys=[key_for(row.index) for row in job.rows],
+                         malformed=job.malformed)
         marker = shard_already_done(plan, options)
         if marker is not None:
             summary.add_shard({**marker, "fetched": 0, "fetched_ok": 0})
             summary.shards_skipped.append(plan.paths.shard)
-            return None
-        previous = read_status(plan.paths)
-        same_form = stored_with_same_resize(plan.paths, options)
-        todo = []
-        for row in batch:
-            old = previous.get(key_for(row.index))
-            if old is not None and old["url"] == row.url and keep_previous(old, images_root, options, same_form):
-                continue
-            if refused(options.rewrite(row.url) if options.rewrite else row.url, options) is not None:
-                plan.blocked.append(_blocked_row(row))
-            else:
-                todo.append(row)
+            continue
+        todo = _rows_to_fetch(plan, job.rows, images_root, options)
         plan.todo = len(todo)
         if todo:
             rewrite = options.rewrite or (lambda u: u)
@@ -178,37 +158,24 @@ def plan_shards(spec: Spec, subset: str, tsv_path: Path, root: Path, options: Ur
                               "mm_index": pa.array([r.index for r in todo], pa.int64()),
                               "mm_url": [r.url for r in todo]})
             pq.write_table(table, input_dir / f"{plan.paths.shard:09d}.parquet")
-        return plan
-
-    def advance(shard: int) -> Iterator[ShardPlan]:
-        nonlocal current
-        if current is not None and current.paths.shard == shard:
-            return
-        if current is not None and (done := finish(current)) is not None:
-            yield done
-        batch.clear()
-        current = ShardPlan(ShardPaths(images_root, spec.name, subset, shard))
-
-    wanted = lambda i: (i // size) % count == index  # noqa: E731
-    for row in _with_end(read_rows(tsv_path, columns, on_malformed, stop=options.limit, wanted=wanted)):
-        for item in pending:  # malformed lines reported since the last row belong to their own shard
-            yield from advance(item.index // size)
-            current.malformed.append(item)
-            current.end = max(current.end, item.index + 1)
-        pending.clear()
-        if row is None:
-            break
-        yield from advance(row.index // size)
-        batch.append(row)
-        current.keys.append(key_for(row.index))
-        current.end = row.index + 1
-    if current is not None and (done := finish(current)) is not None:
-        yield done
+        yield plan
 
 
-def _with_end(rows: Iterator[Row]) -> Iterator[Row | None]:
-    yield from rows
-    yield None
+def _rows_to_fetch(plan: ShardPlan, rows: list[Row], images_root: Path, options: UrlListOptions) -> list[Row]:
+    """The shard's rows img2dataset must fetch: not kept from an earlier run, not refused by our URL policy
+    (those become blocked_url rows of the plan)."""
+    previous = read_status(plan.paths)
+    same_form = stored_with_same_resize(plan.paths, options)
+    todo = []
+    for row in rows:
+        old = previous.get(key_for(row.index))
+        if old is not None and old["url"] == row.url and keep_previous(old, images_root, options, same_form):
+            continue
+        if refused(options.rewrite(row.url) if options.rewrite else row.url, options) is not None:
+            plan.blocked.append(_blocked_row(row))
+        else:
+            todo.append(row)
+    return todo
 
 
 # ------------------------------------------------------------------------------------------- conversion

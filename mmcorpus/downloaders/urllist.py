@@ -184,11 +184,18 @@ class ShardJob:
         self.end = max(self.end, item.index + 1)
 
 
-def _shard_jobs(tsv_path: Path, columns: tuple[str, ...], paths_for: Callable[[int], ShardPaths],
-                options: UrlListOptions, shard: tuple[int, int], summary: UrlListSummary) -> Iterator[ShardJob]:
-    """Cut the stream of rows into this task's shards (bounded memory: one shard at a time)."""
-    index, count = shard
+def shard_jobs(spec: Spec, subset: str, tsv_path: Path, root: Path, options: UrlListOptions,
+               summary: UrlListSummary) -> Iterator[ShardJob]:
+    """Cut the URL list into this task's shards (`--shard I/N`), in order, one at a time (bounded memory).
+    Malformed lines are counted into `summary` and kept with their shard. Both engines plan with this.
+
+    The column order is the file's `columns`, else the spec's `format.columns` (CC3M caption,url; CC12M
+    url,caption)."""
+    file_spec = spec.files.get(subset)
+    columns = tuple((file_spec.columns if file_spec is not None else ()) or spec.format_columns)
+    index, count = options.shard or shard_from_env()
     size = options.shard_size
+    images_root = Path(root) / "images"
     reported: list[Malformed] = []  # malformed lines the reader reported since the last row it yielded
 
     def on_malformed(item: Malformed) -> None:
@@ -208,7 +215,7 @@ def _shard_jobs(tsv_path: Path, columns: tuple[str, ...], paths_for: Callable[[i
                 yield current
                 current = None
             if current is None:
-                current = ShardJob(paths_for(shard_index))
+                current = ShardJob(ShardPaths(images_root, spec.name, subset, shard_index))
             current.add(item)
     if current is not None:
         yield current
@@ -258,27 +265,20 @@ def fetch_url_list(spec: Spec, subset: str, tsv_path: str | Path, root: str | Pa
     into <root>/images/<spec.name>/<subset>/ and return what happened. Idempotent: re-running finishes
     what an interrupted run left and skips finished shards.
 
-    The column order is the file's `columns`, else the spec's `format.columns` (CC3M caption,url;
-    CC12M url,caption). Raises UsageError for bad options; link rot is reported, never raised.
+    Rows are read as `shard_jobs` says. Raises UsageError for bad options; link rot is reported, never raised.
     """
     options = options or UrlListOptions()
     options.check()
     if not Path(tsv_path).is_file():
         raise BadInputError(f"{tsv_path}: URL list not found (fetch the dataset's files first)")
     file_spec = spec.files.get(subset)
-    columns = tuple((file_spec.columns if file_spec is not None else ()) or spec.format_columns)
     shard = options.shard or shard_from_env()
-    images_root = Path(root) / "images"
-
-    def paths_for(shard_index: int) -> ShardPaths:
-        return ShardPaths(images_root, spec.name, subset, shard_index)
-
     summary = UrlListSummary(dataset=spec.name, subset=subset)
     expected = options.limit or options.total_hint or (file_spec.records if file_spec is not None else None)
     progress = CountProgress(f"{spec.name}/{subset}", total=expected and -(-expected // shard[1]),
                              enabled=options.progress)
     started = time.monotonic()
-    jobs = _shard_jobs(Path(tsv_path), columns, paths_for, options, shard, summary)
+    jobs = shard_jobs(spec, subset, Path(tsv_path), Path(root), options, summary)
     try:
         if options.workers <= 1:
             _run_here(jobs, options, summary, progress)
