@@ -12,9 +12,12 @@ A lock is stale, and may be broken, when
   mtime is set by the file server's clock and compared with ours: `max_age` must dwarf any clock skew
   (the default is hours).
 
-Breaking is "rename, then retry O_EXCL": the stale file is renamed to a unique name first, so of two
-processes breaking the same lock only one rename succeeds. A breaker that renamed a *fresh* lock (created
-by a third process after we judged the old one stale) puts it back. A lock broken by mistake costs
+Breaking takes turns: a breaker first creates `<name>.lock.break` with O_EXCL, then, holding it, reads the
+lock again and removes it only if it is still the one judged stale (same token, still stale); then everyone
+races for the lock with O_EXCL again, which exactly one wins. (An earlier "rename it aside, put it back if
+it was fresh" scheme left the lock path empty for an instant, and a third process could take the lock in
+that instant while the put-back failed: two winners, seen in CI.) The guard file is held for microseconds;
+one older than BREAK_GRACE belonged to a breaker that died and is removed. A lock broken by mistake costs
 duplicate work, never corruption, as long as every writer uses temporary names unique to its process and
 atomic renames.
 """
@@ -42,6 +45,7 @@ DEFAULT_POLL = 5.0
 # A lock file whose JSON is not (yet) readable may be in the instant between O_EXCL and write(): it is only
 # broken once it is this old, so we never break a lock that is being written.
 UNREADABLE_GRACE = 60.0
+BREAK_GRACE = 30.0  # seconds: a breaker holds `<name>.lock.break` for microseconds; an older one is left over
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,7 @@ def _try_acquire(path: Path, me: Holder, max_age: float) -> Holder | None:
         if not _is_stale(path, holder, max_age):
             # None: being written right now, or gone between create and read; busy either way
             return holder or _unreadable(path)
-        _break(path, holder)
+        _break(path, holder, max_age)
     return _read(path) or _unreadable(path)
 
 
@@ -215,21 +219,33 @@ def _pid_start(pid: int) -> int | None:
         return None
 
 
-def _break(path: Path, judged: Holder | None) -> None:
-    """Move a stale lock out of the way. Renaming first means two breakers cannot both succeed: only one
-    rename finds the file. If what we renamed is not the lock we judged stale (another process broke it
-    and took a fresh one in between), it is put back with link(), which fails rather than overwrite."""
-    aside = path.with_name(f"{path.name}.stale.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+def _break(path: Path, judged: Holder | None, max_age: float) -> None:
+    """Remove a stale lock, one breaker at a time (module docstring). Returns without doing anything when
+    another process is breaking it: the caller's next O_EXCL attempt then decides."""
+    guard = path.with_name(path.name + ".break")
+    if not _take_guard(guard):
+        return
     try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return  # another breaker was first
-    taken = _read(aside)
-    # Compare tokens, not inode numbers: a freed inode is often reused at once by the next lock file.
-    if (taken and taken.token) != (judged and judged.token):
-        with contextlib.suppress(OSError):
-            os.link(aside, path)
-    aside.unlink(missing_ok=True)
+        current = _read(path)
+        # Still the lock we judged (a fresh one has another token) and still stale (an unreadable file may
+        # have become readable, or been replaced by one being written now).
+        if (current and current.token) == (judged and judged.token) and _is_stale(path, current, max_age):
+            path.unlink(missing_ok=True)
+    finally:
+        guard.unlink(missing_ok=True)
+
+
+def _take_guard(guard: Path) -> bool:
+    for _ in range(2):
+        try:
+            os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return True
+        except FileExistsError:
+            mtime = _mtime(guard)
+            if mtime is None or time.time() - mtime <= BREAK_GRACE:
+                return False  # another breaker is at work (or just finished)
+            guard.unlink(missing_ok=True)  # its breaker died between taking and removing it
+    return False
 
 
 def _release(path: Path, token: str) -> None:

@@ -125,7 +125,9 @@ def _break_race(root: str, barrier, results, release) -> None:
         results.put("busy")
 
 
-def test_two_breakers_of_one_stale_lock_cannot_both_win(root):
+@pytest.mark.parametrize("round_", range(8))
+def test_breakers_of_one_stale_lock_cannot_both_win(root, round_):
+    """Four processes find the same stale lock at once; exactly one may win (each round is a new race)."""
     write_lock(root, "coco", pid=dead_pid())
     ctx = multiprocessing.get_context("fork")
     barrier, results, release = ctx.Barrier(4), ctx.Queue(), ctx.Event()
@@ -137,7 +139,7 @@ def test_two_breakers_of_one_stale_lock_cannot_both_win(root):
     for p in procs:
         p.join(timeout=30)
     assert outcomes == ["busy", "busy", "busy", "won"]
-    assert [p.name for p in (root / ".locks").iterdir()] == []  # no renamed stale files left behind
+    assert [p.name for p in (root / ".locks").iterdir()] == []  # no guard or stale files left behind
 
 
 def test_stale_pid_on_this_host_is_broken(root):
@@ -236,12 +238,48 @@ def test_cron_wrapper_reports_other_failures(tmp_path):
     assert result.stderr.startswith("mmcorpus-cron: 'mmcorpus fetch cc3m --workers 2' failed with exit 1")
 
 
-def test_breaker_puts_back_a_fresh_lock_taken_after_it_judged_the_old_one(root):
+def test_breaker_leaves_a_fresh_lock_taken_after_it_judged_the_old_one(root):
     stale = locks.Holder(host=socket.gethostname(), pid=dead_pid(), since=0, token="stale")
     path = write_lock(root, "gqa", token="fresh")  # another breaker was faster and took the lock
-    locks._break(path, stale)
+    locks._break(path, stale, locks.DEFAULT_MAX_AGE)
     assert read_holder(root, "gqa").token == "fresh"
     assert [p.name for p in path.parent.iterdir()] == ["gqa.lock"]
+
+
+def test_breaking_never_leaves_the_path_of_a_fresh_lock_free(root, monkeypatch):
+    """After every rename/unlink a breaker makes, a third process tries to take the lock: it must never
+    succeed while the fresh lock's holder still holds it. The old rename-and-put-back scheme lost this race
+    (two winners, seen once in CI): its rename left the path free until the put-back."""
+    stale = locks.Holder(host=socket.gethostname(), pid=dead_pid(), since=0, token="stale")
+    path = write_lock(root, "gqa", token="fresh")
+    third = locks.Holder(host="third", pid=1, since=0, token="third")
+    stolen = []
+
+    def then_try_to_take(real):
+        def call(*args, **kwargs):
+            result = real(*args, **kwargs)
+            if locks._create(path, third):
+                stolen.append(real.__name__)
+            return result
+        return call
+
+    monkeypatch.setattr(os, "rename", then_try_to_take(os.rename))
+    monkeypatch.setattr(os, "unlink", then_try_to_take(os.unlink))
+    locks._break(path, stale, locks.DEFAULT_MAX_AGE)
+    assert stolen == [] and read_holder(root, "gqa").token == "fresh"
+
+
+def test_breaking_waits_for_another_breaker_and_clears_a_dead_breakers_guard(root):
+    path = write_lock(root, "vg", pid=dead_pid())
+    guard = path.with_name("vg.lock.break")
+    guard.touch()  # another process is breaking it right now
+    with pytest.raises(LockedError):
+        _take(root, "vg")
+    assert path.exists()  # left to the other breaker
+    old = time.time() - locks.BREAK_GRACE - 5
+    os.utime(guard, (old, old))  # that breaker died holding the guard
+    assert _take(root, "vg")
+    assert not guard.exists()
 
 
 def test_describe_locks_includes_the_shard_slices(tmp_path):
