@@ -58,14 +58,21 @@ class Context:
 
 
 class _Rows:
-    """The columns of a batch as Python lists (what the per-row decisions need)."""
+    """The columns of a batch that every row's decision needs, as Python lists. The text (caption and
+    conversation turns) is converted only for the rows that reach the duplicate check (`text`): turning every
+    conversation of mix665k into Python objects cost more than all the decisions together."""
 
     def __init__(self, batch: pa.RecordBatch):
+        self.batch = batch
         self.ids = batch.column("sample_id").to_pylist()
         self.paths = batch.column("image_path").to_pylist()
         self.urls = batch.column("image_url").to_pylist()
-        self.captions = batch.column("caption").to_pylist()
-        self.conversations = batch.column("conversations").to_pylist()
+
+    def text(self, indices: list[int]) -> tuple[list, list]:
+        """(captions, conversations) of the rows at `indices`, in that order."""
+        picked = pa.array(indices, pa.int64())
+        return (self.batch.column("caption").take(picked).to_pylist(),
+                self.batch.column("conversations").take(picked).to_pylist())
 
 
 def _unusable(path: str | None, url: str | None, ctx: Context) -> tuple[str | None, ImageCheck | None]:
@@ -120,34 +127,41 @@ class _Selector:
         times = [self._times(sid) for sid in rows.ids]
         wanted = [p for p, t in zip(rows.paths, times) if t and p is not None]
         self.ctx.checker.prefetch(wanted[: self.rule.n - self.sampled] if self.rule.kind == "first" else wanted)
-        take, new_ids, sizes = [], [], {}
-        for i, sid in enumerate(rows.ids):
+        usable, sizes = self._usable(rows, times)
+        captions, conversations = rows.text(usable)
+        take, new_ids = [], []
+        for i, caption, turns in zip(usable, captions, conversations):
+            reason = self.ctx.dedup.check_and_add(rows.urls[i], rows.paths[i], caption, turns)
+            if reason:
+                self.counts[reason] += 1
+                continue
+            for n in range(times[i]):
+                take.append(i)
+                new_ids.append(rows.ids[i] if n == 0 else f"{rows.ids[i]}#{n}")
+                self.ctx.stats.add(self.entry.label, new_ids[-1], rows.paths[i], caption, turns)
+        self.kept += len(take)
+        if take:
+            self.ctx.writer.write(_output(batch, take, new_ids, sizes))
+
+    def _usable(self, rows: _Rows, times: list[int]) -> tuple[list[int], dict]:
+        """Steps 1 and 2 over a batch: the indices of the picked rows that are usable, in order (counting the
+        others by reason), and the image sizes found on the way. Stops where first:N is complete."""
+        usable, sizes = [], {}
+        for i in range(len(rows.ids)):
             if self.done:
                 break
             self.counts["read"] += 1
             if not times[i]:
                 continue
-            reason, check = self._verdict(rows, i)
+            reason, check = _unusable(rows.paths[i], rows.urls[i], self.ctx)
             if reason:
                 self.counts[reason] += 1
                 continue
+            self.sampled += 1
+            usable.append(i)
             if check is not None:
                 sizes[i] = (check.width, check.height)
-            for n in range(times[i]):
-                take.append(i)
-                new_ids.append(sid if n == 0 else f"{sid}#{n}")
-                self.ctx.stats.add(self.entry.label, new_ids[-1], rows.paths[i], rows.captions[i], rows.conversations[i])
-        self.kept += len(take)
-        if take:
-            self.ctx.writer.write(_output(batch, take, new_ids, sizes))
-
-    def _verdict(self, rows: _Rows, i: int) -> tuple[str | None, ImageCheck | None]:
-        """Why a row the rule picked is dropped (None: kept): steps 2 and 3; and its image check."""
-        reason, check = _unusable(rows.paths[i], rows.urls[i], self.ctx)
-        if reason is None:
-            self.sampled += 1
-            reason = self.ctx.dedup.check_and_add(rows.urls[i], rows.paths[i], rows.captions[i], rows.conversations[i])
-        return reason, check
+        return usable, sizes
 
     def summary(self, rows_total: int) -> dict:
         dropped = {k: v for k, v in sorted(self.counts.items()) if k != "read"}
