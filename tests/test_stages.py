@@ -352,13 +352,25 @@ def test_a_running_prepare_holds_the_stage_lock(pretrain_root, registry):
 def test_image_checks_in_the_process_pool_match_in_process(root):
     paths = [make_image(root, f"coco/train2017/{i:012d}.jpg", size=(30 + i, 20)) for i in range(5)]
     (root / "images/coco/train2017/empty.jpg").write_bytes(b"")
-    paths += ["coco/train2017/empty.jpg", "/etc/passwd", "a/../../b.jpg"] + [f"coco/missing/{i}.jpg" for i in range(POOL_MIN)]
+    paths += ["coco/train2017/empty.jpg", "/etc/passwd", "a/../../b.jpg"]
+    paths += [f"coco/train2017/missing-{i}.jpg" for i in range(POOL_MIN)]
     with ImageChecker(root / "images", workers=1) as serial, ImageChecker(root / "images", workers=2) as pooled:
         pooled.prefetch(paths)
         assert pooled.pool is not None  # enough paths to use the pool
         assert [pooled.check(p) for p in paths] == [serial.check(p) for p in paths]
     assert serial.check(paths[3]) == ImageCheck(None, 33, 20)
     assert [serial.check(p).reason for p in paths[5:9]] == ["image_empty", "bad_image_path", "bad_image_path", "image_missing"]
+
+
+def test_images_of_a_collection_never_fetched_cost_no_pool(root):
+    """Every image of an absent folder (a collection not fetched) is missing: one stat of the folder decides."""
+    make_image(root, "coco/train2017/1.jpg")
+    paths = [f"ocr_vqa/images/{i}.jpg" for i in range(2 * POOL_MIN)] + ["../etc/passwd", "coco/train2017/1.jpg"]
+    with ImageChecker(root / "images", workers=2) as checker:
+        checker.prefetch(paths)
+        assert checker.pool is None
+        reasons = [checker.check(p).reason for p in paths]
+    assert reasons == ["image_missing"] * (2 * POOL_MIN) + ["bad_image_path", None]
 
 
 def test_prepared_stages_lists_manifests_for_status(pretrain_root, registry):
