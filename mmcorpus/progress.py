@@ -46,31 +46,46 @@ def human_bytes(n: float | None) -> str:
     return f"{n:.1f} TB"
 
 
-class ByteProgress:
+class _Progress:
+    """What both progress kinds share: a tqdm bar when bars are on, else a log line at most every LOG_EVERY_S."""
+
+    def __init__(self, label: str, bar_options: dict | None):
+        self.label = label
+        self.started = self.last_log = time.monotonic()
+        self.bar = None
+        if bar_options is not None and bars_enabled():
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=label, file=sys.stderr, dynamic_ncols=True, **bar_options)
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def _log_now_and_then(self) -> None:
+        now = time.monotonic()
+        if now - self.last_log >= LOG_EVERY_S:
+            self.last_log = now
+            log.info("%s: %s", self.label, self.describe())
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class ByteProgress(_Progress):
     """Bytes of one download: `update(n)` as chunks arrive, `close()` at the end."""
 
     def __init__(self, label: str, total: int | None, initial: int = 0):
-        self.label, self.total, self.done = label, total, initial
-        self.started = self.last_log = time.monotonic()
-        self.start_bytes = initial
-        self.bar = None
-        if bars_enabled():
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1000,
-                desc=label, file=sys.stderr, leave=False, dynamic_ncols=True,
-            )
+        self.total, self.done, self.start_bytes = total, initial, initial
+        super().__init__(label, dict(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1000,
+                                     leave=False))
 
     def update(self, n: int) -> None:
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
-            return
-        now = time.monotonic()
-        if now - self.last_log >= LOG_EVERY_S:
-            self.last_log = now
-            log.info("%s: %s", self.label, self.describe())
+        else:
+            self._log_now_and_then()
 
     def rate(self) -> float:
         elapsed = max(time.monotonic() - self.started, 1e-6)
@@ -80,25 +95,16 @@ class ByteProgress:
         pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
         return f"{human_bytes(self.done)} / {human_bytes(self.total)}{pct} at {human_bytes(self.rate())}/s"
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
-
-class CountProgress:
+class CountProgress(_Progress):
     """Rows of a URL list: `update(ok, failed, bytes)` as they finish, `close()` at the end. A tqdm bar with
     images/s and the success rate on a terminal; otherwise a log line every LOG_EVERY_S (cron and Slurm logs,
-    and --log-file, get lines, not carriage-return redraws)."""
+    and --log-file, get lines, not carriage-return redraws). `enabled` False: counts only."""
 
     def __init__(self, label: str, total: int | None = None, enabled: bool = True):
-        self.label, self.enabled = label, enabled
+        self.enabled = enabled
         self.ok = self.failed = self.bytes = 0
-        self.started = self.last_log = time.monotonic()
-        self.bar = None
-        if enabled and bars_enabled():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=label, unit="img", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+        super().__init__(label, dict(total=total, unit="img", smoothing=0.1) if enabled else None)
 
     @property
     def done(self) -> int:
@@ -106,16 +112,11 @@ class CountProgress:
 
     def update(self, ok: int, failed: int, nbytes: int) -> None:
         self.ok, self.failed, self.bytes = self.ok + ok, self.failed + failed, self.bytes + nbytes
-        if not self.enabled:
-            return
         if self.bar is not None:
             self.bar.update(ok + failed)
             self.bar.set_postfix_str(f"ok {self.success_rate():.1%}, {human_bytes(self.bytes)}", refresh=False)
-            return
-        now = time.monotonic()
-        if now - self.last_log >= LOG_EVERY_S:
-            self.last_log = now
-            log.info("%s: %s", self.label, self.describe())
+        elif self.enabled:
+            self._log_now_and_then()
 
     def success_rate(self) -> float:
         return self.ok / self.done if self.done else 0.0
@@ -126,7 +127,6 @@ class CountProgress:
                 f"{human_bytes(self.bytes)}")
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled and self.done:
+        if self.bar is None and self.enabled and self.done:
             log.info("%s: %s", self.label, self.describe())
+        super().close()
