@@ -393,7 +393,7 @@ def prepare(
                                                      "repeatable.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of random:N sampling and caption prompts.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if nothing changed.")] = False,
-    workers: Annotated[Optional[int], typer.Option(help="Processes normalizing big JSON files.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Processes normalizing big JSON files and checking images.")] = None,
     as_json: JsonOpt = False, root: RootOpt = None, config_dir: ConfigDirOpt = None, quiet: QuietOpt = False,
     verbose: VerboseOpt = 0, log_file: LogFileOpt = None,
 ):

@@ -34,7 +34,7 @@ def prepare(registry: Registry, root: Path, *, stage: str | None = None, mix_fil
         normalized[entry.label] = normalize_if_changed(registry, root, entry.dataset, entry.subset,
                                                        force=force, workers=workers, log=log)
     manifest = prepare_stage(registry, root, stage=name, mix_file=mix_file, datasets=datasets, formats=formats,
-                             seed=seed, force=force, config_dirs=config_dirs, log=log)
+                             seed=seed, force=force, config_dirs=config_dirs, workers=workers, log=log)
     return {"stage": name, "normalize": normalized, "manifest": manifest}
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from mmcorpus.imaging import to_rgb
+
 THUMB_SIZE = 224
 THUMB_QUALITY = 70
 KEPT, DROPPED, SKIPPED = "#2f9e6b", "#d9534f", "#c8ccd2"
@@ -135,7 +137,7 @@ def thumbnail_uri(path: Path) -> str | None:
     try:
         with Image.open(path) as image:
             image.draft("RGB", (THUMB_SIZE * 2, THUMB_SIZE * 2))  # JPEG: decode at reduced size, much faster
-            image = image.convert("RGB")
+            image = to_rgb(image)  # transparent areas on white, as in the exports
             image.thumbnail((THUMB_SIZE, THUMB_SIZE))
             buffer = io.BytesIO()
             image.save(buffer, "JPEG", quality=THUMB_QUALITY)

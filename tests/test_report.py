@@ -90,3 +90,13 @@ def test_report_renders_in_headless_chromium_with_all_thumbnails(stage, tmp_path
     assert dom.count('data-loaded="1"') == images and 'data-loaded="0"' not in dom
     assert "<svg" in dom and "samples kept" in dom
     assert "<script>alert" not in dom and '<img src="x"' not in dom
+
+
+def test_thumbnail_of_a_transparent_image_is_white_not_black(tmp_path):
+    from mmcorpus.report import thumbnail_uri
+
+    path = tmp_path / "clear.png"
+    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(path)
+    uri = thumbnail_uri(path)
+    with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as thumb:
+        assert thumb.convert("L").getextrema()[0] > 240

@@ -399,3 +399,19 @@ def test_a_normalized_file_outside_the_schema_is_bad_input(pretrain_root, regist
     assert str(bad) in str(info.value) and "no column 'dataset'" in str(info.value)
     assert info.value.exit_code == EXIT_USAGE
     assert read_manifest(pretrain_root, "pretrain")["total"]["kept"] == 14  # the stage before is intact
+
+
+def test_prepare_workers_also_size_the_image_check_pool(pretrain_root, registry, monkeypatch):
+    import mmcorpus.stages as stages
+    from mmcorpus.prepare import prepare
+
+    sizes = []
+
+    class Recording(ImageChecker):
+        def __init__(self, images_root, **kwargs):
+            sizes.append(kwargs.get("workers"))
+            super().__init__(images_root, **kwargs)
+
+    monkeypatch.setattr(stages, "ImageChecker", Recording)
+    prepare(registry, pretrain_root, stage="pretrain", workers=1)
+    assert sizes == [1]
