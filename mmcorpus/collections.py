@@ -114,10 +114,12 @@ def _from_manual_source(spec, archives: list, dest: Path, source, limits: Limits
             archives.remove(archive)
     if done and not archives:
         return done
-    return done + _from_source(spec, archives, dest, source, limits)
+    return done + _from_source(spec, archives, dest, source, limits, some_done=bool(done))
 
 
-def _from_source(spec, archives: list, dest: Path, source, limits: Limits) -> list[dict]:
+def _from_source(spec, archives: list, dest: Path, source, limits: Limits, some_done: bool = False) -> list[dict]:
+    """`some_done`: other archives of the collection were extracted from this source before, so it is a folder
+    of archives even when none of the remaining ones is in it (never to be copied as images)."""
     if source is None:
         return [_missing(a, "no --manual-source given") for a in archives] or [
             {"name": spec.name, "status": "missing", "reason": "no --manual-source given"}
@@ -128,7 +130,7 @@ def _from_source(spec, archives: list, dest: Path, source, limits: Limits) -> li
     if source.is_file():
         return _manual_file(archives, source, dest, limits)
     found = {a.key: source / a.filename for a in archives if (source / a.filename).is_file()}
-    if not found:
+    if not found and not some_done:
         include = tuple(p for a in archives for p in a.include)
         return [_copy_tree(source, dest, include)]
     return [_extract_manual(a, found[a.key], dest, limits) if a.key in found

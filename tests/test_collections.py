@@ -114,6 +114,11 @@ def test_manual_folder_with_some_tars(sam, root, tmp_path):
     assert sorted(p.name for p in (root / "images/sam/images").glob("sa_*")) == ["sa_1.jpg"]
     later = fetch_collection(sam, root, http_download)  # no source this time: the extracted tar is still done
     assert [a["status"] for a in later["archives"]] == ["done", "missing"]
+    again = fetch_collection(sam, root, http_download, manual_source=source)  # same folder: not images to copy
+    assert [(a["name"], a["status"]) for a in again["archives"]] == [("sa_000000.tar", "done"),
+                                                                     ("sa_000001.tar", "missing")]
+    assert again["missing"] == ["sa_000001.tar"] and again["manual"]
+    assert not (root / "images/sam/images/sa_000000.tar").exists()
 
 
 def test_manual_single_tar_path(sam, root, tmp_path):
