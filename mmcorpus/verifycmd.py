@@ -237,7 +237,8 @@ def _repair(spec: Spec, item: dict, root: Path, report: dict) -> None:
             _shard_marker(path).unlink(missing_ok=True)
         if bad["kind"] == "shard":  # an unreadable status parquet: the engine redoes a shard without marker
             path.with_suffix(SHARD_DONE_SUFFIX).unlink(missing_ok=True)
-    if spec.kind == "collection" and any(b["kind"] in ("image", "member") for b in item["bad"]):
+    # A collection's bad download is one of its archives: without its marker, fetch downloads it again.
+    if spec.kind == "collection" and any(b["kind"] in ("image", "member", "download") for b in item["bad"]):
         for archive in spec.archives:
             marker_path(archive.filename, collection_dir(spec, root)).unlink(missing_ok=True)
     report["refetch"].append(spec.name)

@@ -127,6 +127,30 @@ def test_repair_moves_aside_and_a_refetch_restores(good_root):
     assert not (good_root / "images/cc/train/00000.done").exists()  # the URL-list engine redoes the shard
 
 
+def test_a_cut_tar_gz_of_an_extracted_collection_is_reported_and_repair_refetches_it(root):
+    import tarfile
+
+    tars = parse_spec({"name": "tars", "kind": "collection", "path": "tars",
+                       "archives": [{"url": "http://x/part.tar.gz"}]}, Path("tars.yaml"))
+    archive = root / "downloads" / "tars" / "part.tar.gz"
+    archive.parent.mkdir(parents=True)
+    with tarfile.open(archive, "w:gz") as tf:
+        for i in range(20):
+            data = random.Random(i).randbytes(20_000)
+            info = tarfile.TarInfo(f"{i}.bin")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    extract_archive(archive, root / "images" / "tars", Mapping())
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])  # the kept archive got cut
+
+    registry = Registry({"tars": tars})
+    report = verify_root(registry, root, "tars", workers=1, repair=True)
+    [bad] = report["bad"]
+    assert bad["kind"] == "download" and "truncated or corrupt archive" in bad["reason"]
+    assert report["refetch"] == ["tars"] and not archive.exists()
+    assert not marker_path("part.tar.gz", root / "images" / "tars").exists()  # so fetch downloads it again
+
+
 def test_check_image_accepts_good_and_names_the_problem(tmp_path):
     good = tmp_path / "good.jpg"
     good.write_bytes(jpeg(5))

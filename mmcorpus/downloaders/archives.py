@@ -139,14 +139,28 @@ def extract_archive(
     return {**report, "skipped": False}
 
 
+# What the archive libraries raise on truncated or corrupt data, while listing members or reading one.
+_CORRUPT = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
 def archive_members(archive: Path) -> Iterator[Member]:
-    """The members of a zip or tar archive (format sniffed from the bytes, not the extension)."""
+    """The members of a zip or tar archive (format sniffed from the bytes, not the extension). A truncated
+    or corrupt archive raises ArchiveError, for every caller (extraction, `mmcorpus verify`)."""
     archive = Path(archive)
     if zipfile.is_zipfile(archive):
-        return _zip_members(archive)
+        return _reporting_corruption(archive, _zip_members(archive))
     if _is_tar(archive):
-        return _tar_members(archive)
+        return _reporting_corruption(archive, _tar_members(archive))
     raise ArchiveError(f"{archive}: not a zip or tar archive, or truncated (no zip central directory found)")
+
+
+def _reporting_corruption(archive: Path, members: Iterator[Member]) -> Iterator[Member]:
+    try:
+        yield from members
+    except _CORRUPT as exc:
+        # Truncated downloads end here: a cut tar.gz raises EOFError mid-stream. Never let the library
+        # traceback reach the user.
+        raise ArchiveError(f"{archive}: truncated or corrupt archive ({exc})") from None
 
 
 # ---------------------------------------------------------------------------------------- extraction
@@ -168,9 +182,7 @@ class _Extraction:
         try:
             for member in archive_members(self.archive):
                 self._one(member)
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            # Truncated downloads end here: a cut zip has no central directory (caught above), a cut
-            # tar.gz raises EOFError mid-stream. Never let the library traceback reach the user.
+        except _CORRUPT as exc:  # while reading a member's data (listing them is covered by archive_members)
             raise ArchiveError(f"{self.archive}: truncated or corrupt archive ({exc})") from None
         c = self.counts
         if c["outside_prefix"] and not (c["extracted"] or c["already_present"] or c["excluded"]):
