@@ -249,6 +249,36 @@ def test_rerun_with_another_resize_replaces_the_stored_images(tmp_path, root, mi
     assert len(mirror.hits("wide.jpg")) == 2
 
 
+def test_a_resize_switch_cut_short_then_the_old_resize_fetches_again(tmp_path, root, mirror, monkeypatch):
+    """Run 1 keeps the originals; run 2 (--resize 256) dies while storing; run 3 (no resize again) must not
+    trust run 1's marker: the originals were deleted or replaced by run 2 under the same names."""
+    import mmcorpus.downloaders.urllist as urllist
+
+    for name in ("a.jpg", "b.jpg"):
+        mirror.put(name, jpeg(800, 600))
+    tsv = write_tsv(tmp_path / "list.tsv", [(n, f"{mirror.url}/{n}") for n in ("a.jpg", "b.jpg")])
+    fetch_url_list(CC3M, "train", tsv, root, options(threads=1))
+    real_write = urllist.write_bytes_atomic
+    written = []
+
+    def dies_on_the_second(path, data):
+        if written:
+            raise KeyboardInterrupt  # killed
+        written.append(path)
+        real_write(path, data)
+
+    monkeypatch.setattr(urllist, "write_bytes_atomic", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        fetch_url_list(CC3M, "train", tsv, root, options(threads=1, resize=256))
+    monkeypatch.setattr(urllist, "write_bytes_atomic", real_write)
+
+    summary = fetch_url_list(CC3M, "train", tsv, root, options(threads=1))
+    assert summary.shards_skipped == [] and summary.ok == 2
+    for row in status_rows(root):
+        stored = root / "images" / row["image_path"]
+        assert stored.stat().st_size == row["bytes"] and Image.open(stored).size == (800, 600)
+
+
 # ----------------------------------------------------------------------------------------- TSV and columns
 
 

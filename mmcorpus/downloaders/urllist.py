@@ -241,8 +241,15 @@ def shard_already_done(job, options: UrlListOptions) -> dict | None:
 
 
 def stored_with_same_resize(paths: ShardPaths, options: UrlListOptions) -> bool:
-    """Whether the shard's earlier images were stored with this run's --resize (from its done marker)."""
-    return (read_marker(paths) or {}).get("resize", options.resize) == options.resize
+    """Whether the shard's earlier images were stored with this run's --resize (from its done marker).
+
+    When not, the marker is removed at once, before keep_previous deletes any image: a run interrupted in
+    the middle of the switch must not leave a marker that a run with the old --resize would trust while its
+    images are gone or already replaced (keep_previous then finds out image by image)."""
+    if (read_marker(paths) or {}).get("resize", options.resize) == options.resize:
+        return True
+    paths.marker.unlink(missing_ok=True)
+    return False
 
 
 def keep_previous(old: dict, images_root: Path, options: UrlListOptions, same_form: bool) -> bool:
@@ -252,8 +259,17 @@ def keep_previous(old: dict, images_root: Path, options: UrlListOptions, same_fo
         if stored is not None and not same_form:  # another --resize: replace it (the extension may change)
             stored.unlink(missing_ok=True)
             return False
-        return stored is not None and stored.is_file()  # unless the user deleted the image since
+        # The file must still be the one the row describes: deleted by the user, or replaced by an
+        # interrupted run with another --resize (same name, other bytes), it is fetched again.
+        return stored is not None and _size(stored) == old["bytes"]
     return not (options.retry_failed and is_transient(old["error"], old["http_status"]))
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 # ------------------------------------------------------------------------------------------------ entry
