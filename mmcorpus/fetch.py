@@ -184,6 +184,9 @@ def _fetch_collection(target: Target, options: FetchOptions) -> dict:
         return download_file(file, dest, options.download, label=f"{target.spec.name}/{file.filename}").path
 
     keys = shard_share([f.key for f in target.files(options.all_files)], options.images.shard)
+    if not target.keys and not options.all_files and options.images.shard is None:
+        keys = None  # fetch_collection's own choice: also the optional manual archives (SA-1B tars) the user
+        # placed in downloads/<name>/ or gave with --manual-source
     summary = fetch_collection(target.spec, options.root, download, delete_archives=options.delete_archives,
                                manual_source=options.manual_source, only=keys)
     if not summary["archives"] and target.spec.manual:

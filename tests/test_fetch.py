@@ -124,3 +124,24 @@ def test_collections_by_need_are_scanned_once_until_the_annotations_change(mirro
     (root / "downloads/mine/data.json").unlink()
     assert needed() == {"second": 3} and len(scans) == 2
     assert (root / "images/second/2.jpg").is_file()
+
+
+def test_fetch_extracts_optional_manual_archives_placed_in_downloads(tmp_path, monkeypatch):
+    """What the SAM spec's note tells users: put the SA-1B tars you have in downloads/sam/, run fetch."""
+    import io
+    import tarfile
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "tars.yaml").write_text("name: tars\nkind: collection\npath: tars/images\nmanual: ask for links\n"
+                                     "archives:\n  - name: t0.tar\n    manual: ask for links\n    optional: true\n")
+    monkeypatch.setenv("MMCORPUS_CONFIG_DIR", str(specs))
+    root = tmp_path / "root"
+    (root / "downloads/tars").mkdir(parents=True)
+    with tarfile.open(root / "downloads/tars/t0.tar", "w") as tf:
+        info = tarfile.TarInfo("a.jpg")
+        info.size = 4
+        tf.addfile(info, io.BytesIO(b"jpeg"))
+    report = fetch(Registry.load(), ["tars"], options(root))
+    assert [(a["name"], a["status"]) for a in report["targets"][0]["archives"]] == [("t0.tar", "extracted")]
+    assert (root / "images/tars/images/a.jpg").read_bytes() == b"jpeg"
