@@ -115,11 +115,16 @@ class _PinnedHTTP(http.client.HTTPConnection):
         self.addresses = addresses
 
     def connect(self) -> None:
-        """Try the checked addresses in turn (a host whose IPv6 address is unreachable still works over IPv4)."""
+        """Try the checked addresses in turn (a host whose IPv6 address is unreachable still works over IPv4),
+        all within `timeout` together: the watchdog only guards the socket once it is connected."""
         error: OSError | None = None
+        end = time.monotonic() + self.timeout
         for address in self.addresses:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"connecting to {self.host}: deadline passed")
             try:
-                self.sock = socket.create_connection((address, self.port), self.timeout)
+                self.sock = socket.create_connection((address, self.port), remaining)
                 break
             except OSError as exc:
                 error = exc

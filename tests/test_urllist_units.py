@@ -250,3 +250,24 @@ def test_connections_per_thread_are_bounded(mirror, monkeypatch):
             assert [origin[1] for origin in fetcher._pool()] == [host]
     finally:
         fetcher.close()
+
+
+def test_connecting_tries_the_addresses_within_one_deadline(monkeypatch):
+    """A host whose addresses all swallow the connection attempt: each further address gets what is left of
+    the deadline, not a fresh one (the watchdog only guards connected sockets)."""
+    import socket
+
+    from mmcorpus import httpfetch
+
+    given = []
+
+    def blackhole(address, timeout):
+        given.append(timeout)
+        time.sleep(0.3)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", blackhole)
+    conn = httpfetch._PinnedHTTP("example.org", 80, ["192.0.2.1", "192.0.2.2", "192.0.2.3"], timeout=0.5)
+    with pytest.raises(TimeoutError):
+        conn.connect()
+    assert len(given) == 2 and given[0] == pytest.approx(0.5, abs=0.05) and given[1] < 0.35
