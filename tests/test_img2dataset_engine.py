@@ -179,8 +179,11 @@ def test_unfinished_shard_is_fetched_again_and_transient_failures_retried(tmp_pa
 def test_limit_and_shard_slice(tmp_path, root):
     tsv = write_list(tmp_path / "list.tsv")
     writer = I2dWriter()
+    other_slice = root / WORK_DIR / "cc12m-train-shard-0-of-2" / "input"  # machine 0 at work on a shared root
+    other_slice.mkdir(parents=True)
     summary = fetch_with_img2dataset(CC12M, "train", tsv, root, options(limit=10, shard=(1, 2)), download=writer)
     assert summary.shards_done == [1] and summary.rows == 3
+    assert other_slice.is_dir() and "cc12m-train-shard-1-of-2" in writer.calls[0]["output_folder"]
     assert sorted(u.rsplit("/", 1)[-1] for u in writer.urls) == ["broken", "c", "page"]
 
 

@@ -67,6 +67,7 @@ from mmcorpus.downloaders.urllist import (
     UrlListSummary,
     keep_previous,
     shard_already_done,
+    shard_from_env,
     shard_jobs,
     shard_stats,
     stored_with_same_resize,
@@ -316,8 +317,12 @@ def fetch_with_img2dataset(spec: Spec, subset: str, tsv_path: str | Path, root: 
             if importlib.util.find_spec("pyspark") is None:
                 raise UsageError("--engine img2dataset --executor pyspark needs pyspark: pip install pyspark")
     root = Path(root)
-    work = root / WORK_DIR / f"{spec.name}-{subset}"
-    shutil.rmtree(work, ignore_errors=True)  # a killed run's leftovers (fetch holds the dataset's lock)
+    index, count = options.shard or shard_from_env()
+    slice_ = f"-shard-{index}-of-{count}" if count > 1 else ""
+    # A killed run's leftovers. Fetch holds the lock of this name and --shard slice, so the folder is ours:
+    # slices sharing a root (one per machine) each have their own.
+    work = root / WORK_DIR / f"{spec.name}-{subset}{slice_}"
+    shutil.rmtree(work, ignore_errors=True)
     input_dir, output = work / "input", work / "output"
     input_dir.mkdir(parents=True)
     summary = UrlListSummary(dataset=spec.name, subset=subset)
