@@ -25,10 +25,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import re
-import threading
 import warnings
 from dataclasses import dataclass
 
@@ -38,11 +36,8 @@ EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": 
 DEFAULT_MAX_PIXELS = 50_000_000  # ~8000 x 6000; a decode of that size already needs ~150 MB
 JPEG_QUALITY = 95
 CHECKS = ("decode", "structure")  # how stored original bytes are proven sound (module docstring)
-# Peak memory: a decode needs up to width * height * 4 bytes. The URL engine decodes on one thread per process,
-# other callers may use several: images above BIG_PIXELS are decoded at most two at a time per process;
-# typical web images skip the gate (it would cost a lock handoff per image).
-BIG_PIXELS = 12_000_000
-_BIG_DECODES = threading.BoundedSemaphore(2)
+# Peak memory: a decode needs up to width * height * 4 bytes (max_pixels bounds it). The URL engine decodes on
+# one thread per process, so one such buffer per process at a time.
 
 
 class ImageRejected(Exception):
@@ -89,9 +84,7 @@ def prepare(data: bytes, resize: int | None = None, max_pixels: int = DEFAULT_MA
         if problem:
             raise ImageRejected("corrupt", problem)
         return Prepared(data, EXTENSIONS[fmt], image.width, image.height)
-    big = image.width * image.height > BIG_PIXELS
-    with _BIG_DECODES if big else contextlib.nullcontext():
-        return _prepare_opened(image, data, fmt, resize)
+    return _prepare_opened(image, data, fmt, resize)
 
 
 # After the first scan starts, 0xFF may only be followed by a stuffed 0x00, a restart marker, the end of the

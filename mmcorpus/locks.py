@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from mmcorpus.atomicio import pid_alive
 from mmcorpus.errors import LockedError, UsageError
 from mmcorpus.registry import NAME_RE
 
@@ -199,12 +200,8 @@ def _is_stale(path: Path, holder: Holder | None, max_age: float) -> bool:
 def _alive(pid: int, pid_start: int | None) -> bool:
     if not isinstance(pid, int) or pid <= 0:  # kill(0) or kill(-1) would signal whole process groups
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        pass  # exists, owned by another user
     # pid reuse: after a reboot or a long time the holder's pid may belong to an unrelated process.
     current = _pid_start(pid)
     return pid_start is None or current is None or current == pid_start

@@ -65,6 +65,7 @@ import pyarrow.parquet as pq
 from mmcorpus.downloaders.urllist import (
     UrlListOptions,
     UrlListSummary,
+    failed_row,
     keep_previous,
     shard_already_done,
     shard_from_env,
@@ -76,6 +77,7 @@ from mmcorpus.downloaders.urllist_shards import (
     ShardPaths, key_for, read_status, write_marker, write_status,
 )
 from mmcorpus.errors import UsageError
+from mmcorpus.imaging import JPEG_QUALITY
 from mmcorpus.registry import Spec
 from mmcorpus.tsv import Malformed, Row
 from mmcorpus.urlsafety import BlockedURL, is_public, parse_target
@@ -86,7 +88,6 @@ INSTALL = ("--engine img2dataset needs img2dataset, which is not installed in th
            "python3 -m venv i2d && i2d/bin/pip install 'mmcorpus[img2dataset]'")
 WORK_DIR = ".img2dataset-work"  # under the root: same file system as the images, so moves are renames
 INPUT_COLUMNS = ["mm_index", "mm_url"]  # saved by img2dataset next to its own columns
-JPEG_QUALITY = 95  # as mmcorpus.imaging
 ENCODE_FORMAT = "jpg"  # img2dataset names every stored image <key>.jpg
 
 
@@ -133,11 +134,6 @@ def refused(url: str, options: UrlListOptions) -> str | None:
     return None if is_public(target.host) else f"non-public address {target.host}"
 
 
-def _blocked_row(row: Row) -> dict:
-    return dict(key=key_for(row.index), url=row.url, caption=row.caption, status="failed", error="blocked_url",
-                http_status=None, bytes=None, width=None, height=None, image_path=None, sha256=None)
-
-
 def plan_shards(spec: Spec, subset: str, tsv_path: Path, root: Path, options: UrlListOptions,
                 input_dir: Path, summary: UrlListSummary) -> Iterator[ShardPlan]:
     """Step 1 and 2: yield each of this run's shards that needs work, with its img2dataset input file
@@ -173,7 +169,7 @@ def _rows_to_fetch(plan: ShardPlan, rows: list[Row], images_root: Path, options:
         if old is not None and old["url"] == row.url and keep_previous(old, images_root, options, same_form):
             continue
         if refused(options.rewrite(row.url) if options.rewrite else row.url, options) is not None:
-            plan.blocked.append(_blocked_row(row))
+            plan.blocked.append(failed_row(row, "blocked_url", None))
         else:
             todo.append(row)
     return todo

@@ -507,11 +507,11 @@ class ShardWorker:
     def _store(self, paths: ShardPaths, rows: list[Row], fetched: Fetched) -> list[dict]:
         """CPU thread: validate the fetched bytes, store them once per row that names the URL."""
         if fetched.error:
-            return [_failed(row, fetched.error, fetched.http_status) for row in rows]
+            return [failed_row(row, fetched.error, fetched.http_status) for row in rows]
         try:
             prepared = prepare(fetched.data, self.options.resize, self.options.max_pixels, self.options.image_check)
         except ImageRejected as rejected:
-            return [_failed(row, rejected.error, fetched.http_status) for row in rows]
+            return [failed_row(row, rejected.error, fetched.http_status) for row in rows]
         digest = hashlib.sha256(prepared.data).hexdigest()
         out = []
         for row in rows:
@@ -525,7 +525,8 @@ class ShardWorker:
         return out
 
 
-def _failed(row: Row, error: str, http_status: int | None) -> dict:
+def failed_row(row: Row, error: str, http_status: int | None) -> dict:
+    """The status row of a row that failed with `error` (a word of schema.ERRORS); both engines write these."""
     return dict(key=key_for(row.index), url=row.url, caption=row.caption, status="failed", error=error,
                 http_status=http_status, bytes=None, width=None, height=None, image_path=None, sha256=None)
 
