@@ -47,36 +47,27 @@ def count_rows(path: Path) -> int:
 
 
 class StageWriter:
-    """Cuts the stage's filtered batches (of any size) into row groups of exactly `row_group_rows` rows for
-    writers.ShardWriter, so every row group but the last is full; shards hold a whole number of groups."""
+    """The stage's parquet shards: writers.ShardWriter with shards of a whole number of `row_group_rows` row
+    groups (it gathers the filtered batches, of any size, into full groups), and one empty shard for a stage
+    without rows so that readers still see the schema."""
 
     def __init__(self, folder: Path, stem: str, *, rows_per_shard: int, row_group_rows: int, metadata: dict):
-        self.row_group_rows = max(1, row_group_rows)
-        rows_per_shard = max(self.row_group_rows, rows_per_shard // self.row_group_rows * self.row_group_rows)
-        self.writer = ShardWriter(folder, stem, metadata, row_group_size=self.row_group_rows, rows_per_shard=rows_per_shard)
-        self.pending: list[pa.RecordBatch] = []
-        self.pending_rows = 0
+        row_group_rows = max(1, row_group_rows)
+        rows_per_shard = max(row_group_rows, rows_per_shard // row_group_rows * row_group_rows)
+        self.writer = ShardWriter(folder, stem, metadata, row_group_size=row_group_rows, rows_per_shard=rows_per_shard)
+
+    @property
+    def row_group_rows(self) -> int:
+        return self.writer.row_group_size
 
     def write(self, batch: pa.RecordBatch) -> None:
-        if batch.num_rows == 0:
-            return
-        self.pending.append(batch)
-        self.pending_rows += batch.num_rows
-        if self.pending_rows >= self.row_group_rows:
-            table = pa.Table.from_batches(self.pending).combine_chunks()
-            full = self.pending_rows // self.row_group_rows * self.row_group_rows
-            self.writer.write_batch(table.slice(0, full).to_batches()[0])
-            rest = table.slice(full)
-            self.pending, self.pending_rows = rest.to_batches(), rest.num_rows
+        self.writer.write_batch(batch)
 
     def close(self) -> list[dict]:
-        """Flush what is left; a stage with no rows still gets one empty shard, so readers see the schema."""
-        if self.pending_rows:
-            self.writer.write_batch(pa.Table.from_batches(self.pending).combine_chunks().to_batches()[0])
         files = self.writer.close()
         if not files:
             self.writer.out_dir.mkdir(parents=True, exist_ok=True)  # ShardWriter makes it only for its first row
             path = self.writer.out_dir / f"{self.writer.subset}-00000.parquet"
             pq.write_table(self.writer.schema.empty_table(), path)
-            files = [path]
-        return [{"file": f.name, "rows": pq.ParquetFile(f).metadata.num_rows} for f in files]
+            return [{"file": path.name, "rows": 0}]
+        return [{"file": f.name, "rows": rows} for f, rows in zip(files, self.writer.file_rows)]

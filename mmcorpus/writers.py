@@ -1,8 +1,7 @@
 """Parquet shard writer for unified rows: bounded memory, row groups sized for training readers, atomic files.
 
-Rows come as Arrow record batches (`write_batch`, what normalizers produce) or as dicts with the UNIFIED_SCHEMA
-names (`write`: appended to per-column Python lists that become Arrow arrays in one call per column). Either
-way they are gathered into row groups of exactly `row_group_size` rows (the last one of a shard may be
+Rows come as Arrow record batches of any size (`write_batch`, what the normalizers and the stage builder
+produce) and are gathered into row groups of exactly `row_group_size` rows (the last one of a shard may be
 shorter), so memory holds at most one row group. A shard is closed after `rows_per_shard` rows. Each file is written
 under a temporary name in the same folder and renamed when complete, so a reader (or a killed run) never sees
 a half-written `<subset>-NNNNN.parquet`.
@@ -24,12 +23,11 @@ import pyarrow.parquet as pq
 
 import mmcorpus
 from mmcorpus.atomicio import temporary_name
-from mmcorpus.schema import TURN_TYPE, UNIFIED_SCHEMA
+from mmcorpus.schema import UNIFIED_SCHEMA
 
 ROW_GROUP_SIZE = 10_000  # training readers read a row group at a time; 10k rows of LLaVA text is ~15 MB
 ROWS_PER_SHARD = 500_000
 COMPRESSION = "zstd"
-_FLAT = [f.name for f in UNIFIED_SCHEMA if f.name != "conversations"]
 
 
 def file_metadata(spec, subset: str, source_urls: list[str]) -> dict[str, str]:
@@ -60,6 +58,7 @@ class ShardWriter:
             raise ValueError(f"unknown output format {fmt!r}")
         self.fmt = fmt
         self.files: list[Path] = []
+        self.file_rows: list[int] = []  # rows of each file of `files`
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
         self._tmp: Path | None = None
@@ -67,34 +66,15 @@ class ShardWriter:
         self._shard_rows = 0
         self._pending: list[pa.RecordBatch] = []  # Arrow rows not yet written, fewer than a row group
         self._pending_rows = 0
-        self._reset_buffer()
 
     # -------------------------------------------------------------------------------------------- public
-    def write(self, row: dict) -> None:
-        get = row.get
-        for name, append in self._appenders:
-            append(get(name))
-        turns = get("conversations") or ()
-        self._roles.extend([turn["role"] for turn in turns])
-        self._contents.extend([turn["content"] for turn in turns])
-        self._offsets.append(len(self._roles))
-        if len(self._offsets) - 1 >= self._group_limit():
-            self._flush()
-
     def write_batch(self, batch: pa.RecordBatch) -> None:
         """Add rows that are already Arrow (UNIFIED_SCHEMA columns). Batches of any size are gathered into
         full row groups (small input batches keep the caller's memory low without making small groups)."""
-        self._flush()
         self._add(batch)
-
-    def write_all(self, rows) -> "ShardWriter":
-        for row in rows:
-            self.write(row)
-        return self
 
     def close(self) -> list[Path]:
         """Write what is buffered, finish the open shard; returns the files written."""
-        self._flush()
         if self._pending_rows:
             self._write_group(self._take(self._pending_rows))
         self._finish_shard()
@@ -117,29 +97,6 @@ class ShardWriter:
             self.abort()
 
     # ------------------------------------------------------------------------------------------ internal
-    def _reset_buffer(self) -> None:
-        self._columns: dict[str, list] = {name: [] for name in _FLAT}
-        self._appenders = [(name, values.append) for name, values in self._columns.items()]
-        self._roles: list[str] = []
-        self._contents: list[str] = []
-        self._offsets: list[int] = [0]
-
-    def _batch(self) -> pa.RecordBatch:
-        turns = pa.StructArray.from_arrays(
-            [pa.array(self._roles, pa.string()), pa.array(self._contents, pa.string())], fields=list(TURN_TYPE)
-        )
-        arrays = {name: pa.array(values, UNIFIED_SCHEMA.field(name).type) for name, values in self._columns.items()}
-        arrays["conversations"] = pa.ListArray.from_arrays(pa.array(self._offsets, pa.int32()), turns)
-        return pa.RecordBatch.from_arrays([arrays[f.name] for f in UNIFIED_SCHEMA], schema=self.schema)
-
-    def _flush(self) -> None:
-        count = len(self._offsets) - 1
-        if not count:
-            return
-        batch = self._batch()
-        self._reset_buffer()
-        self._add(batch)
-
     def _group_limit(self) -> int:
         return min(self.row_group_size, self.rows_per_shard - self._shard_rows)
 
@@ -185,4 +142,5 @@ class ShardWriter:
         self._writer.close()
         os.replace(self._tmp, self._final)
         self.files.append(self._final)
+        self.file_rows.append(self._shard_rows)
         self._writer, self._tmp, self._shard_rows = None, None, 0

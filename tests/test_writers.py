@@ -24,12 +24,17 @@ def row(i: int) -> dict:
     }
 
 
+def batch(rows: list[dict]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([{**r, "image_url": None} for r in rows], schema=UNIFIED_SCHEMA)
+
+
 def test_rows_round_trip_with_row_groups_and_shards(tmp_path):
     rows = [row(i) for i in range(25)]
     with ShardWriter(tmp_path, "s", {"dataset": "d"}, row_group_size=4, rows_per_shard=10) as writer:
-        writer.write_all(rows)
+        writer.write_batch(batch(rows))
     assert [p.name for p in writer.files] == ["s-00000.parquet", "s-00001.parquet", "s-00002.parquet"]
     assert [pq.ParquetFile(p).metadata.num_row_groups for p in writer.files] == [3, 3, 2]  # 4+4+2, 4+4+2, 4+1
+    assert writer.file_rows == [pq.read_metadata(p).num_rows for p in writer.files] == [10, 10, 5]
     table = pa.concat_tables(pq.read_table(p) for p in writer.files)
     expected = pa.Table.from_pylist([{**r, "image_url": None} for r in rows], schema=UNIFIED_SCHEMA)
     assert table.to_pylist() == expected.to_pylist()
@@ -42,7 +47,7 @@ def test_file_metadata(tmp_path):
                       tmp_path / "x.yaml")
     meta = file_metadata(spec, "558k", ["https://example.org/a.json"])
     with ShardWriter(tmp_path, "558k", meta) as writer:
-        writer.write(row(0))
+        writer.write_batch(batch([row(0)]))
     got = pq.read_schema(writer.files[0]).metadata
     assert got[b"dataset"] == b"llava_pretrain" and got[b"subset"] == b"558k"
     assert got[b"license"] == b"research only" and got[b"spec_version"] == b"3"
@@ -53,7 +58,7 @@ def test_file_metadata(tmp_path):
 def test_failure_leaves_no_file_at_a_final_name(tmp_path):
     with pytest.raises(RuntimeError):
         with ShardWriter(tmp_path, "s", row_group_size=2) as writer:
-            writer.write_all([row(0), row(1), row(2)])
+            writer.write_batch(batch([row(0), row(1), row(2)]))
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
 
@@ -65,14 +70,13 @@ def test_no_rows_no_files(tmp_path):
 
 
 def test_arrow_batches_and_spill_format(tmp_path):
-    batch = pa.RecordBatch.from_pylist([{**row(i), "image_url": None} for i in range(7)], schema=UNIFIED_SCHEMA)
     with ShardWriter(tmp_path / "spill", "p", fmt="arrow") as spill:
-        spill.write_batch(batch)
+        spill.write_batch(batch([row(i) for i in range(7)]))
     assert spill.files[0].suffix == ".arrow"
     with pa.OSFile(str(spill.files[0])) as source:
         spilled = pa.ipc.open_file(source).read_all()
     with ShardWriter(tmp_path, "s", row_group_size=3, rows_per_shard=5) as writer:
-        writer.write(row(100))
+        writer.write_batch(batch([row(100)]))
         writer.write_batch(spilled.to_batches()[0])
     assert writer.rows == 8 and [pq.read_metadata(p).num_rows for p in writer.files] == [5, 3]
     assert pq.read_table(writer.files[0]).column("sample_id").to_pylist() == ["d/s/100", "d/s/0", "d/s/1", "d/s/2", "d/s/3"]
@@ -81,8 +85,7 @@ def test_arrow_batches_and_spill_format(tmp_path):
 def test_small_batches_are_gathered_into_full_row_groups(tmp_path):
     writer = ShardWriter(tmp_path, "s", row_group_size=10, rows_per_shard=25)
     for k in range(10):
-        rows = [{**row(3 * k + i), "image_url": None} for i in range(3)]
-        writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=UNIFIED_SCHEMA))
+        writer.write_batch(batch([row(3 * k + i) for i in range(3)]))
     files = writer.close()
     groups = [[pq.ParquetFile(f).metadata.row_group(i).num_rows for i in range(pq.ParquetFile(f).metadata.num_row_groups)]
               for f in files]
