@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import tarfile
 from pathlib import Path
@@ -80,18 +79,17 @@ def llava_record(row: dict, seed: int) -> dict:
 
 
 def write_llava_json(parquet_files: list[Path], out: Path, *, seed: int) -> dict:
-    """Stream the stage into one LLaVA JSON array (temp name, then rename). Returns {"file", "records"}."""
+    """Stream the stage into one LLaVA JSON array. Returns {"file", "records"}. Written in place: the whole
+    stage is built in a temporary folder and swapped in (stages.prepare_stage)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     count = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(out, "w", encoding="utf-8") as f:
         f.write("[")
         for row in stage_rows(parquet_files):
             f.write(",\n" if count else "\n")
             f.write(json.dumps(llava_record(row, seed), ensure_ascii=False))
             count += 1
         f.write("\n]\n")
-    os.replace(tmp, out)
     return {"file": out.name, "records": count}
 
 
@@ -139,7 +137,7 @@ class _TarShards:
 
     def add(self, key: str, members: dict[str, bytes]) -> None:
         if self.tar is None:
-            self.tar = tarfile.open(self._path().with_suffix(".tar.tmp"), "w", format=tarfile.USTAR_FORMAT)
+            self.tar = tarfile.open(self._path(), "w", format=tarfile.USTAR_FORMAT)  # in the stage's temporary folder
             self.in_shard = 0
         for ext, data in members.items():
             _add(self.tar, f"{key}.{ext}", data)
@@ -154,9 +152,7 @@ class _TarShards:
         if self.tar is None:
             return
         self.tar.close()
-        final = self._path()
-        os.replace(final.with_suffix(".tar.tmp"), final)
-        self.shards.append({"file": final.name, "samples": self.in_shard})
+        self.shards.append({"file": self._path().name, "samples": self.in_shard})
         self.tar = None
 
 

@@ -187,10 +187,9 @@ mmcorpus {_e(manifest['mmcorpus_version'])} · fingerprint <code>{_e(manifest['f
 
 
 def write_report(manifest: dict, stage_dir: Path, images_root: Path) -> Path:
+    """Written in place: the stage folder is a temporary one until stages.prepare_stage swaps it in."""
     path = Path(stage_dir) / "report.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_report(manifest, Path(images_root)), encoding="utf-8")
-    tmp.replace(path)
+    path.write_text(render_report(manifest, Path(images_root)), encoding="utf-8")
     return path
 
 
