@@ -417,9 +417,7 @@ class Registry:
         try:
             return self.specs[name]
         except KeyError:
-            close = _close_names(name, self.specs)
-            hint = f" (did you mean {', '.join(close)}?)" if close else " (see 'mmcorpus list')"
-            raise UsageError(f"unknown dataset or collection '{name}'{hint}") from None
+            raise UsageError(f"unknown dataset or collection '{name}'{did_you_mean(name, self.specs)}") from None
 
     def with_collections(self, name: str) -> list[Spec]:
         """`name`'s spec, then the image collections it names (where a dataset's images live)."""
@@ -436,10 +434,12 @@ class Registry:
         return [s for s in self if s.kind == "collection"]
 
 
-def _close_names(name: str, names: Iterable[str]) -> list[str]:
+def did_you_mean(name: str, names: Iterable[str]) -> str:
+    """The hint after an unknown name: the close known names, else where to look them up."""
     import difflib
 
-    return difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else " (see 'mmcorpus list')"
 
 
 def spec_to_dict(spec: Spec) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from mmcorpus.imaging import to_rgb
+from mmcorpus.stagebuild import DUPLICATES
 
 THUMB_SIZE = 224
 THUMB_QUALITY = 70
@@ -163,7 +164,7 @@ def _sample_card(example: dict, images_root: Path) -> str:
 
 def render_report(manifest: dict, images_root: Path) -> str:
     total, stats = manifest["total"], manifest["stats"]
-    duplicates = sum(n for r, n in total["dropped"].items() if r.startswith("duplicate_"))
+    duplicates = sum(n for r, n in total["dropped"].items() if r in DUPLICATES)
     sections = [
         _kpis(total, duplicates, manifest),
         _section("Samples per dataset", _dataset_chart(manifest) + _dataset_table(manifest)),

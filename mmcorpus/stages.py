@@ -18,7 +18,6 @@ old deleted), so readers never see a half-written stage and a failed prepare lea
 from __future__ import annotations
 
 import datetime
-import difflib
 import hashlib
 import json
 import os
@@ -36,7 +35,7 @@ from mmcorpus.errors import UsageError
 from mmcorpus.exports import write_llava_json, write_webdataset
 from mmcorpus.imagecheck import ImageChecker
 from mmcorpus.locks import hold_lock
-from mmcorpus.registry import NAME_RE, Fields, Registry, as_int, as_str, config_dirs, one_of, read_yaml
+from mmcorpus.registry import NAME_RE, Fields, Registry, as_int, as_str, config_dirs, did_you_mean, one_of, read_yaml
 from mmcorpus.report import write_report
 from mmcorpus.sampling import Rule, parse_rule
 from mmcorpus.shards import StageWriter
@@ -92,8 +91,7 @@ def _entry(item, index: int, source: Path, registry: Registry) -> MixEntry:
     f.done()
     spec = registry.specs.get(dataset)
     if spec is None:
-        close = difflib.get_close_matches(dataset, [s.name for s in registry.datasets()], n=3, cutoff=0.6)
-        hint = f" (did you mean {', '.join(close)}?)" if close else " (see 'mmcorpus list')"
+        hint = did_you_mean(dataset, [s.name for s in registry.datasets()])
         raise f.error("dataset", f"names unknown dataset '{dataset}'{hint}")
     if spec.kind != "dataset":
         raise f.error("dataset", f"names '{dataset}', which is an image collection, not a dataset")
