@@ -148,8 +148,7 @@ def _run_part(plan: _Plan, staging: Path, index: int, byte_range) -> dict:
     with writer, _no_cyclic_gc():
         for batch in normalizer_module(plan.spec.format_type).normalize(job):
             writer.write_batch(_resolve_images(batch, resolver))
-    records = job.stats.get("records", job.rejects.total + writer.rows)
-    return {"index": index, "files": writer.files, "rows": writer.rows, "records": records,
+    return {"index": index, "files": writer.files, "rows": writer.rows, "records": job.rejects.total + writer.rows,
             "rejects": job.rejects, "stats": job.stats, "images": resolver.report()}
 
 

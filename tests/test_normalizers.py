@@ -13,7 +13,7 @@ import pytest
 from conftest import SAMPLES
 from mmcorpus.errors import EXIT_USAGE, BadInputError
 from mmcorpus.normalize import dataset_image_paths, normalize_dataset
-from mmcorpus.normalizers import Job, get_normalizer
+from mmcorpus.normalizers import Job, normalizer_module
 from mmcorpus.normalizers.jsonarray import iter_json_array, split_points
 from mmcorpus.normalizers.llava import convert
 from mmcorpus.normalizers.llava import normalize as normalize_llava
@@ -251,7 +251,7 @@ def cc3m_status(root: Path) -> None:
 def test_urllist_rows_from_status_parquets(root):
     cc3m_status(root)
     job = Job(dataset="cc3m", subset="validation", root=root)
-    rows = [row for batch in get_normalizer("tsv")(job) for row in batch.to_pylist()]
+    rows = [row for batch in normalizer_module("tsv").normalize(job) for row in batch.to_pylist()]
     assert [r["sample_id"] for r in rows] == ["cc3m/validation/0", "cc3m/validation/2", "cc3m/validation/3",
                                               "cc3m/validation/4"]
     assert rows[0]["caption"] == "author : a life in photography -- in pictures"

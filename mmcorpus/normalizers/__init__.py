@@ -14,9 +14,6 @@ import bisect
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
-
-import pyarrow as pa
 
 from mmcorpus.errors import UsageError
 
@@ -55,8 +52,8 @@ class Job:
 
     `path` is the annotation file (JSON formats); URL-list datasets read `<root>/images/<dataset>/<subset>/`.
     `captions`: fill `caption` from two-turn image records (see mmcorpus.normalizers.llava).
-    `start`/`end`/`first_index`: a byte range of `path` and the index of its first record, for normalizers
-    that can split a big file (those whose module has `split_points(path, parts)`).
+    `start`/`end`: a byte range of `path`, for normalizers that can split a big file (those whose module has
+    `split_points(path, parts)`); record indices count from the range's first record.
     """
 
     dataset: str
@@ -67,12 +64,8 @@ class Job:
     captions: bool = False
     start: int = 0
     end: int | None = None
-    first_index: int = 0
     rejects: Rejects = field(default_factory=Rejects)
     stats: dict = field(default_factory=dict)  # extra counts a normalizer reports (e.g. failed URLs by error)
-
-
-Normalizer = Callable[[Job], Iterator[pa.RecordBatch]]
 
 
 def normalizer_module(format_type: str):
@@ -83,6 +76,3 @@ def normalizer_module(format_type: str):
         raise UsageError(f"no normalizer for format '{format_type}' (known: {', '.join(NORMALIZERS)})") from None
     return importlib.import_module(module)
 
-
-def get_normalizer(format_type: str) -> Normalizer:
-    return normalizer_module(format_type).normalize

@@ -13,7 +13,7 @@ Format: reference section 2. Per record:
   one assistant turn and an image gets the assistant's text as `caption`. LLaVA's plain template learns
   exactly that text and drops the instruction (reference 2.3). Multi-turn and text-only records never get one;
 - a job may cover a byte range of the file (`job.start`/`job.end`, from `split_points`); record indices then
-  count from `job.first_index`.
+  count from the range's first record, and normalize.py shifts them into file order when it merges the parts.
 
 Reject reasons (counted with example record indices; one reason per record, the first of this list that
 applies): not_an_object, missing_conversations, bad_type, unknown_role, role_order, bad_image_path,
@@ -58,7 +58,7 @@ def split_points(path, parts: int) -> list[int]:
 def normalize(job: Job) -> Iterator[pa.RecordBatch]:
     """Stream one LLaVA JSON file as UNIFIED_SCHEMA record batches; rejects are counted in job.rejects."""
     batch = _Batch(job)
-    for index, record in enumerate(iter_json_array(job.path, job.start, job.end), job.first_index):
+    for index, record in enumerate(iter_json_array(job.path, job.start, job.end)):
         batch.add(index, record)
         if len(batch.indices) >= BATCH:
             yield batch.finish()
