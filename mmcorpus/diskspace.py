@@ -105,7 +105,9 @@ def space_needed(spec, root: Path | None = None, *, only: set[str] | None = None
 def ensure_space_for_fetch(specs, root: Path, *, only: dict[str, set[str]] | None = None,
                            expansion: float = EXPANSION, margin: float = MARGIN, min_margin: int = MIN_MARGIN) -> int:
     """Check, per file system, that everything `specs` will still write fits; return the total bytes.
-    Needs of several specs on one file system are added up: each alone might fit where all together do not."""
+    Needs of several specs on one file system are added up: each alone might fit where all together do not.
+    The fixed part of the margin is at most what the fetch writes: a small job needs a proportionate margin,
+    not a whole GiB (the demo on a nearly full disk)."""
     by_fs: dict[int, tuple[Path, int]] = {}
     for spec in specs:
         keys = only.get(spec.name) if only else None
@@ -114,9 +116,10 @@ def ensure_space_for_fetch(specs, root: Path, *, only: dict[str, set[str]] | Non
             first, total = by_fs.get(device, (path, 0))
             by_fs[device] = (first, total + n)
     names = ", ".join(s.name for s in specs)
+    grand_total = sum(total for _, total in by_fs.values())
     for path, total in by_fs.values():
-        ensure_free_space(path, total, margin=margin, min_margin=min_margin, what=f"fetch {names}")
-    return sum(total for _, total in by_fs.values())
+        ensure_free_space(path, total, margin=margin, min_margin=min(min_margin, grand_total), what=f"fetch {names}")
+    return grand_total
 
 
 def _device(path: Path) -> int:

@@ -311,11 +311,10 @@ def _record(root: Path, name: str, report: dict) -> None:
 
 def _check_disk(target: Target, options: FetchOptions) -> None:
     """Refuse to start a download or extraction that cannot fit (sizes from the spec)."""
-    from mmcorpus.diskspace import MIN_MARGIN, ensure_space_for_fetch, expected_bytes
+    from mmcorpus.diskspace import ensure_space_for_fetch
 
-    keys = {f.key for f in target.files(options.all_files)}
-    needed = expected_bytes(target.spec, options.root, only=keys)
-    # Per file system (images/ may be a symlink to another disk); small jobs need a proportionate margin,
-    # not a whole GiB (the demo on a nearly full disk).
-    ensure_space_for_fetch([target.spec], options.root, only={target.spec.name: keys},
-                           min_margin=min(MIN_MARGIN, needed))
+    keys = [f.key for f in target.files(options.all_files)]
+    if target.spec.kind == "collection":  # under --shard this machine fetches its share of the archives only
+        keys = shard_share(keys, options.images.shard)
+    # Per file system: images/ may be a symlink to another disk.
+    ensure_space_for_fetch([target.spec], options.root, only={target.spec.name: set(keys)})
