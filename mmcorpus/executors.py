@@ -214,10 +214,7 @@ def merge_summaries(dataset: str, subset: str, parts: list[UrlListSummary]) -> U
     """One summary for the whole run from the tasks' summaries (their slices are disjoint)."""
     total = UrlListSummary(dataset=dataset, subset=subset)
     for part in parts:
-        for name in ("rows", "ok", "bytes", "fetched", "fetched_ok"):
-            setattr(total, name, getattr(total, name) + getattr(part, name))
-        for error, count in part.failed.items():
-            total.failed[error] = total.failed.get(error, 0) + count
+        total.add_shard(vars(part))  # rows, ok, bytes, failed by error, fetched, fetched_ok
         for reason, count in part.malformed.items():
             total.malformed[reason] = total.malformed.get(reason, 0) + count
         for reason, lines in part.malformed_lines.items():

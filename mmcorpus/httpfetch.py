@@ -363,10 +363,12 @@ class HostSlots:
         return False
 
     def release(self, host: str) -> None:
-        with self._lock:
+        with self._lock:  # once per request: one lock round, not two
             entry = self._slots[host]
+            entry[1] -= 1
+            if entry[1] == 0:  # nobody waits on the semaphore (waiters count themselves in first)
+                del self._slots[host]
         entry[0].release()
-        self._leave(host, entry)
 
     def _leave(self, host: str, entry: list) -> None:
         with self._lock:
