@@ -116,7 +116,7 @@ class ShardPlan:
     paths: ShardPaths
     end: int = 0  # one past the highest row index seen (valid or malformed), as the native marker
     # Row indices of the valid rows, in order: 8 bytes a row, as every planned shard is kept until img2dataset
-    # returns (CC12M: 12.4M rows; as key strings they took about a GB).
+    # returns (CC12M: 12.4M rows; as key strings ~0.8 GB, as int64 ~0.1 GB: 66 vs 8 MB per million, tracemalloc).
     indices: array = field(default_factory=lambda: array("q"))
 
     def keys(self) -> list[str]:
