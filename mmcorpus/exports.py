@@ -97,8 +97,19 @@ def write_llava_json(parquet_files: list[Path], out: Path, *, seed: int) -> dict
 
 
 def wds_key(sample_id: str) -> str:
-    """A WebDataset key: no dots (they split key from extension) and no slashes (no folders in the tar)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", sample_id.replace("/", "__").replace("#", "--"))
+    """A WebDataset key: no dots (they split key from extension), no slashes (no folders in the tar), and
+    distinct sample ids give distinct keys (equal keys would merge two samples): '-' is the escape character,
+    '/' -> '--', '#' -> '-h', '-' -> '-m', any other character outside [A-Za-z0-9_] -> '-x' + its UTF-8 hex.
+    So cc3m/train/000000012#1 -> cc3m--train--000000012-h1."""
+    return re.sub(r"[^A-Za-z0-9_]", _escape, sample_id)
+
+
+_ESCAPES = {"/": "--", "#": "-h", "-": "-m"}
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    return _ESCAPES.get(char) or "".join(f"-x{byte:02x}" for byte in char.encode("utf-8"))
 
 
 def jpeg_bytes(path: Path) -> bytes:
