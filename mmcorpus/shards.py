@@ -19,8 +19,10 @@ from mmcorpus.schema import UNIFIED_SCHEMA
 from mmcorpus.writers import ShardWriter
 
 
-def read_batches(path: Path, batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
-    """The rows of one normalized file as record batches in UNIFIED_SCHEMA (cast when types differ slightly)."""
+def read_batches(path: Path, batch_size: int = 8192, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """The rows of one normalized file as record batches in UNIFIED_SCHEMA (cast when types differ slightly),
+    or only its `columns` (a pass that does not need the text need not decode it)."""
+    schema = UNIFIED_SCHEMA if columns is None else pa.schema([UNIFIED_SCHEMA.field(name) for name in columns])
     try:
         parquet = pq.ParquetFile(path)
     except (OSError, pa.ArrowInvalid) as exc:
@@ -28,11 +30,11 @@ def read_batches(path: Path, batch_size: int = 8192) -> Iterator[pa.RecordBatch]
     missing = [name for name in UNIFIED_SCHEMA.names if name not in parquet.schema_arrow.names]
     if missing:
         raise BadInputError(f"{path}: not in the unified schema (no column '{missing[0]}'); normalize it again")
-    for batch in parquet.iter_batches(batch_size=batch_size, columns=UNIFIED_SCHEMA.names):
-        if not batch.schema.equals(UNIFIED_SCHEMA):
+    for batch in parquet.iter_batches(batch_size=batch_size, columns=schema.names):
+        if not batch.schema.equals(schema):
             try:
                 batch = pa.RecordBatch.from_arrays(
-                    [col.cast(field.type) for col, field in zip(batch.columns, UNIFIED_SCHEMA)], schema=UNIFIED_SCHEMA
+                    [col.cast(field.type) for col, field in zip(batch.columns, schema)], schema=schema
                 )
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 raise BadInputError(f"{path}: column types differ from the unified schema ({exc})") from None

@@ -62,6 +62,8 @@ class _Rows:
     conversation turns) is converted only for the rows that reach the duplicate check (`text`): turning every
     conversation of mix665k into Python objects cost more than all the decisions together."""
 
+    DECISION_COLUMNS = ["sample_id", "image_path", "image_url"]  # all that random:N's first pass reads
+
     def __init__(self, batch: pa.RecordBatch):
         self.batch = batch
         self.ids = batch.column("sample_id").to_pylist()
@@ -89,7 +91,7 @@ def _random_threshold(entry: Entry, ctx: Context) -> int:
     """random:N, first pass: the N-th smallest priority among usable rows."""
     chosen = BottomK(entry.rule.n)
     for path in entry.files:
-        for batch in read_batches(path, ctx.batch_size):
+        for batch in read_batches(path, ctx.batch_size, columns=_Rows.DECISION_COLUMNS):
             rows = _Rows(batch)
             prios = [priority(entry.seed, sid) for sid in rows.ids]
             ctx.checker.prefetch(p for p, q in zip(rows.paths, prios) if p is not None and chosen.could_take(q))
