@@ -30,7 +30,7 @@ import pyarrow as pa
 from mmcorpus.atomicio import pid_alive, write_json_atomic
 from mmcorpus.errors import BadInputError
 from mmcorpus.normalizers import Job, Rejects, normalizer_module
-from mmcorpus.resolve import ImageResolver
+from mmcorpus.resolve import MAX_EXAMPLES, ImageResolver
 from mmcorpus.writers import ROWS_PER_SHARD, ROW_GROUP_SIZE, ShardWriter, file_metadata
 
 MIN_SPLIT_BYTES = 64 << 20  # below this, one process is as fast as several
@@ -255,8 +255,8 @@ def _publish(plan: _Plan, staging: Path, parts: list[dict]) -> list[Path]:
     staged = [f for part in sorted(parts, key=lambda p: p["index"]) for f in part["files"]]
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     final = []
-    # Each rename is atomic; a kill between two of them leaves new and old shards side by side, which the
-    # report (written last, listing the files) tells apart.
+    # Each rename is atomic; a kill between two of them leaves new and old shards side by side. What makes the
+    # next prepare normalize again is that its inputs marker (prepare.py) was removed before this run began.
     for number, path in enumerate(staged):
         target = plan.out_dir / f"{plan.subset}-{number:05d}.parquet"
         os.replace(path, target)
@@ -273,7 +273,8 @@ def _subset_report(plan: _Plan, parts: list[dict], files: list[Path], seconds: f
         for reason, count in part["rejects"].counts.items():
             rejects.counts[reason] = rejects.counts.get(reason, 0) + count
             rejects.examples.setdefault(reason, [])
-            rejects.examples[reason] = (rejects.examples[reason] + part["rejects"].examples[reason])[:5]
+            merged = rejects.examples[reason] + part["rejects"].examples[reason]
+            rejects.examples[reason] = merged[: rejects.max_examples]
     report = {
         "status": "ok",
         "dataset": plan.spec.name,
@@ -302,7 +303,7 @@ def _merge_images(reports: list[dict]) -> dict:
         for folder, entry in r["missing_by_folder"].items():
             into = merged["missing_by_folder"].setdefault(folder, {"count": 0, "examples": []})
             into["count"] += entry["count"]
-            into["examples"] = (into["examples"] + entry["examples"])[:5]
+            into["examples"] = (into["examples"] + entry["examples"])[:MAX_EXAMPLES]
         for kind, count in r["format_mismatch"].items():
             merged["format_mismatch"][kind] = merged["format_mismatch"].get(kind, 0) + count
     return merged

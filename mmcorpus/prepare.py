@@ -51,6 +51,7 @@ def normalize_if_changed(registry: Registry, root: Path, dataset: str, subset: s
     log(f"normalizing {dataset}/{subset}")
     with hold_lock(Path(root), dataset, command=f"mmcorpus prepare (normalize {dataset}/{subset})"):
         # The dataset's lock: a fetch of the same dataset must not replace its files under the normalizer.
+        marker.unlink(missing_ok=True)  # until this run ends well: a kill mid-way (even under --force) is redone
         report = normalize_subset(spec, file, Path(root), workers=workers)
     if report.get("status") == "ok":
         write_json_atomic(marker, {"fingerprint": fingerprint})

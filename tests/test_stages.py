@@ -416,3 +416,26 @@ def test_prepare_workers_also_size_the_image_check_pool(pretrain_root, registry,
     monkeypatch.setattr(stages, "ImageChecker", Recording)
     prepare(registry, pretrain_root, stage="pretrain", workers=1)
     assert sizes == [1]
+
+
+def test_a_normalize_killed_under_force_is_redone_by_the_next_prepare(root, registry, monkeypatch):
+    import shutil
+
+    import mmcorpus.prepare as prepare_module
+    from mmcorpus.prepare import normalize_if_changed
+
+    spec = registry.get("llava_pretrain")
+    source = Path(__file__).parent / "data" / "samples" / "llava_pretrain_558k_sample.json"
+    (root / "downloads" / "llava_pretrain").mkdir(parents=True)
+    shutil.copy(source, root / "downloads" / "llava_pretrain" / spec.files["558k"].filename)
+    assert normalize_if_changed(registry, root, "llava_pretrain", "558k")["status"] == "ok"
+    assert normalize_if_changed(registry, root, "llava_pretrain", "558k") == {"status": "unchanged"}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # kill -9 in the middle of publishing the new shards
+
+    monkeypatch.setattr(prepare_module, "normalize_subset", killed)
+    with pytest.raises(KeyboardInterrupt):
+        normalize_if_changed(registry, root, "llava_pretrain", "558k", force=True)
+    monkeypatch.undo()
+    assert normalize_if_changed(registry, root, "llava_pretrain", "558k")["status"] == "ok"  # not "unchanged"
