@@ -178,7 +178,7 @@ def _folder_images(folder: Path) -> dict:
     while stack:
         with os.scandir(stack.pop()) as entries:
             for entry in entries:
-                if entry.name in (MARKER_DIR, ".rejected"):
+                if entry.name in (MARKER_DIR, verify.REJECTED_DIR):
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)

@@ -42,7 +42,7 @@ from mmcorpus.status import SHARD_DONE_SUFFIX
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 BATCH = 64  # images per task: enough to amortise inter-process overhead, small enough to spread the work
-SKIP_DIRS = {MARKER_DIR, ".rejected"}
+SKIP_DIRS = {MARKER_DIR, verify.REJECTED_DIR}  # our bookkeeping inside image folders
 
 
 def verify_root(registry: Registry, root: Path, name: str | None = None, *, workers: int | None = None,

@@ -111,9 +111,12 @@ def _cache_matches_spec(record: dict, spec: FileSpec) -> bool:
     return all(digests.get(n) == getattr(spec, n) for n in ("sha256", "md5") if getattr(spec, n))
 
 
+REJECTED_DIR = ".rejected"  # beside the file that failed verification
+
+
 def move_aside(path: Path) -> Path:
     """Move a file that failed verification out of the way (never leave it at the final path)."""
-    rejected = path.parent / ".rejected"
+    rejected = path.parent / REJECTED_DIR
     rejected.mkdir(parents=True, exist_ok=True)
     target = rejected / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"
     os.replace(path, target)
