@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterable
 
-from mmcorpus.atomicio import temporary_name
+from mmcorpus.atomicio import sweep_stale_temporaries, temporary_name
 from mmcorpus.downloaders.archives import (
     Limits,
     Mapping,
@@ -29,6 +29,19 @@ from mmcorpus.downloaders.archives import (
     read_marker,
 )
 from mmcorpus.errors import UsageError
+
+# Collection folders swept for half-written files of killed runs during this fetch_collection call. The
+# sweep walks the whole folder, so it runs once per fetch and only when something is extracted: SA-1B's 51
+# tars share one folder of ~11M files, and a cron re-run of a finished collection extracts nothing.
+_swept: set[Path] = set()
+
+
+def _extract(archive: Path, dest: Path, mapping: Mapping, **options) -> dict:
+    if dest not in _swept:
+        if dest.is_dir():
+            sweep_stale_temporaries(dest)
+        _swept.add(dest)
+    return extract_archive(archive, dest, mapping, sweep=False, **options)
 
 Download = Callable[[object, Path], Path]
 
@@ -58,6 +71,7 @@ def fetch_collection(
     placed = Path(root) / "downloads" / spec.name  # where a user may put manual downloads by hand
     chosen = _chosen(spec, only, manual_source, placed)
     dest = collection_dir(spec, root)
+    _swept.discard(dest)  # a new fetch: sweep again before its first extraction
     results = []
     manual = [a for a in chosen if a.url is None]
     for archive in chosen:
@@ -96,7 +110,7 @@ def _fetch_one(spec, archive, root: Path, dest: Path, download: Download, delete
         return {**done, "name": archive.key, "status": "done"}
     downloads.mkdir(parents=True, exist_ok=True)
     path = Path(download(archive, downloads))
-    report = extract_archive(path, dest, mapping, limits=limits, delete_after=delete, name=archive.filename)
+    report = _extract(path, dest, mapping, limits=limits, delete_after=delete, name=archive.filename)
     return {**report, "name": archive.key, "status": "extracted"}
 
 
@@ -144,13 +158,13 @@ def _manual_file(archives: list, source: Path, dest: Path, limits: Limits) -> li
     if match is None:
         archive_members(source)  # raises a clear ArchiveError when it is not an archive at all
         mapping = Mapping.of(archives[0]) if archives else Mapping()
-        report = extract_archive(source, dest, mapping, limits=limits)
+        report = _extract(source, dest, mapping, limits=limits)
         results.append({**report, "name": source.name, "status": "done" if report["skipped"] else "extracted"})
     return results + [_missing(a, "not provided") for a in archives if a is not match]
 
 
 def _extract_manual(archive, path: Path, dest: Path, limits: Limits) -> dict:
-    report = extract_archive(path, dest, Mapping.of(archive), limits=limits, name=archive.filename)
+    report = _extract(path, dest, Mapping.of(archive), limits=limits, name=archive.filename)
     return {**report, "name": archive.key, "status": "done" if report["skipped"] else "extracted"}
 
 

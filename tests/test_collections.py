@@ -4,6 +4,7 @@ collections from a user folder or tar; which collections a set of image paths ne
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -154,3 +155,25 @@ def test_collections_needed_by_longest_prefix():
     needed = collections_needed(paths, colls)
     assert needed["needed"] == {"coco_train2017": 1, "vg": 2, "llava_pretrain": 1}
     assert needed["unmatched"] == 2 and needed["unmatched_examples"] == ["gqa/images/2327515.jpg", "coco/val2017/1.jpg"]
+
+
+def test_the_collection_folder_is_swept_once_per_fetch_and_only_when_extracting(root, mirror, monkeypatch):
+    """The sweep for killed runs' temporaries walks the whole folder (SA-1B: ~11M files in one)."""
+    import mmcorpus.collections as collections
+    from mmcorpus.atomicio import temporary_name
+
+    archives = [{"url": mirror.put(f"zips/p{i}.zip", zip_bytes({f"{i}.jpg": b"x"}))} for i in range(3)]
+    spec = collection(name="parts", path="parts", archives=archives)
+    dest = root / "images" / "parts"
+    dest.mkdir(parents=True)
+    stale = dest / temporary_name(dest / "0.jpg").name.replace(f"-{os.getpid()}-", "-999999999-")
+    stale.write_bytes(b"left by a killed run")
+    sweeps = []
+    real_sweep = collections.sweep_stale_temporaries
+    monkeypatch.setattr(collections, "sweep_stale_temporaries", lambda folder: sweeps.append(folder) or real_sweep(folder))
+
+    fetch_collection(spec, root, http_download)
+    assert sweeps == [dest] and not stale.exists()
+    assert sorted(p.name for p in dest.glob("*.jpg")) == ["0.jpg", "1.jpg", "2.jpg"]
+    fetch_collection(spec, root, http_download)  # everything done: nothing extracted, nothing walked
+    assert sweeps == [dest]

@@ -120,17 +120,22 @@ def extract_archive(
     limits: Limits = Limits(),
     delete_after: bool = False,
     name: str | None = None,
+    sweep: bool = True,
 ) -> dict:
     """Extract `archive` (zip, tar, tar.gz, tar.bz2, tar.xz) into `dest` per `mapping`; return counts.
 
     Idempotent: a done marker makes it a no-op (`"skipped": True`). `name` is the marker's name (default:
-    the archive's file name). Raises ArchiveError for unsafe, truncated or unreadable archives.
+    the archive's file name). `sweep`: first remove what killed runs left half-written in `dest` (a walk of
+    the whole folder; a caller extracting many archives into one folder does it once and passes False).
+    Raises ArchiveError for unsafe, truncated or unreadable archives.
     """
     archive, dest = Path(archive), Path(dest)
     name = name or archive.name
     done = read_marker(name, dest, mapping)
     if done is not None:
         return {**done, "skipped": True}
+    if sweep and dest.is_dir():  # a resumed extraction: clear what killed runs left half-written
+        sweep_stale_temporaries(dest)
     counts = _Extraction(archive, dest, mapping, limits).run()
     report = {"archive": name, "mapping": mapping.as_dict(), **counts}
     _write_marker(marker_path(name, dest), report)
@@ -177,8 +182,6 @@ class _Extraction:
                            dirs=0, bytes=0)
 
     def run(self) -> dict:
-        if self.dest.is_dir():  # a resumed extraction: clear what killed runs left half-written
-            sweep_stale_temporaries(self.dest)
         try:
             for member in archive_members(self.archive):
                 self._one(member)
