@@ -20,7 +20,7 @@ import typer
 
 from mmcorpus import __version__
 from mmcorpus.errors import EXIT_FAILED, EXIT_USAGE, MMCorpusError, UsageError
-from mmcorpus.progress import human_bytes, set_quiet
+from mmcorpus.core.progress import human_bytes, set_quiet
 from mmcorpus.registry import Registry, spec_to_dict
 
 DEFAULT_ROOT = "~/mmcorpus-data"
@@ -222,7 +222,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
         if "SLURM_ARRAY_TASK_ID" not in os.environ or "SLURM_ARRAY_TASK_COUNT" not in os.environ:
             return None
-        from mmcorpus.downloaders.urllist import shard_from_env
+        from mmcorpus.fetch.urllist.native import shard_from_env
 
         try:
             index, count = shard_from_env()
@@ -280,11 +280,11 @@ def fetch(
     verbose: VerboseOpt = 0, log_file: LogFileOpt = None,
 ):
     """Download the files and images of datasets/collections (idempotent: a re-run does what is left)."""
-    from mmcorpus.downloaders.http import DownloadOptions
-    from mmcorpus.executors import check_available
-    from mmcorpus.fetch import FetchOptions, ImageOptions, fetch as run_fetch
-    from mmcorpus.imaging import CHECKS
-    from mmcorpus.urls import UrlRewriter
+    from mmcorpus.fetch.files import DownloadOptions
+    from mmcorpus.fetch.urllist.executors import check_available
+    from mmcorpus.fetch.run import FetchOptions, ImageOptions, fetch as run_fetch
+    from mmcorpus.core.imaging import CHECKS
+    from mmcorpus.fetch.urls import UrlRewriter
 
     state = _setup(ctx, root, config_dir, quiet, verbose, log_file)
     check_available(executor, engine)  # exit 2 before any download when Ray / img2dataset is missing
@@ -398,8 +398,8 @@ def prepare(
     verbose: VerboseOpt = 0, log_file: LogFileOpt = None,
 ):
     """Normalize what is fetched and build the stage mix under <root>/stages/<stage>/."""
-    from mmcorpus.prepare import prepare as run_prepare
-    from mmcorpus.report import format_stage_summary
+    from mmcorpus.ops.prepare import prepare as run_prepare
+    from mmcorpus.stage.report import format_stage_summary
 
     state = _setup(ctx, root, config_dir, quiet, verbose, log_file)
     formats = ["parquet", *[f for f in (fmt or []) if f != "parquet"]]
@@ -430,7 +430,7 @@ def _normalize_lines(normalized: dict) -> str:
 def status(ctx: typer.Context, name: Annotated[Optional[str], typer.Argument(help="One dataset/collection.")] = None,
            as_json: JsonOpt = False, root: RootOpt = None, config_dir: ConfigDirOpt = None):
     """What is on disk: files verified, images ok/failed by reason, bytes, last run."""
-    from mmcorpus.status import collect_status, format_status
+    from mmcorpus.ops.status import collect_status, format_status
 
     state = _setup(ctx, root, config_dir)
     registry = state.registry()
@@ -442,8 +442,8 @@ def status(ctx: typer.Context, name: Annotated[Optional[str], typer.Argument(hel
 
 
 def _stages_summary(root: Path) -> str:
-    from mmcorpus.report import format_stage_summary
-    from mmcorpus.stages import prepared_stages
+    from mmcorpus.stage.report import format_stage_summary
+    from mmcorpus.stage.prepare import prepared_stages
 
     lines = []
     for manifest in prepared_stages(root).values():
@@ -459,7 +459,7 @@ def verify(ctx: typer.Context, name: Annotated[Optional[str], typer.Argument(hel
            mirror: Annotated[Optional[list[str]], typer.Option(help="URL prefix rewrite FROM=TO, for --repair.")] = None,
            as_json: JsonOpt = False, root: RootOpt = None, config_dir: ConfigDirOpt = None, quiet: QuietOpt = False):
     """Re-check checksums (ignoring caches), archive members and the decodability of every stored image."""
-    from mmcorpus.verifycmd import format_verify, verify_root
+    from mmcorpus.ops.verify import format_verify, verify_root
 
     state = _setup(ctx, root, config_dir, quiet)
     registry = state.registry()
@@ -467,9 +467,9 @@ def verify(ctx: typer.Context, name: Annotated[Optional[str], typer.Argument(hel
         registry.get(name)
     report = verify_root(registry, state.resolved_root(), name, workers=workers, repair=repair)
     if repair and report.get("refetch"):
-        from mmcorpus.downloaders.http import DownloadOptions
-        from mmcorpus.fetch import FetchOptions, fetch as run_fetch
-        from mmcorpus.urls import UrlRewriter
+        from mmcorpus.fetch.files import DownloadOptions
+        from mmcorpus.fetch.run import FetchOptions, fetch as run_fetch
+        from mmcorpus.fetch.urls import UrlRewriter
 
         options = FetchOptions(root=state.resolved_root(), download=DownloadOptions(rewrite=UrlRewriter.from_args(mirror)))
         report["repair"] = run_fetch(registry, report["refetch"], options)

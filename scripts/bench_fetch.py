@@ -7,7 +7,7 @@ What it does:
 1. Generates (once, cached under --work) a synthetic corpus of web-typical JPEGs, 320x240 to 1600x1200,
    ~100 KB mean, plus a few % faulty URLs: 404s, 410s, truncated JPEGs (corrupt) and HTML pages (not_image).
 2. Serves it on 127.0.0.1 with nginx when installed (`apt-get install -y nginx`), else with
-   mmcorpus.localmirror (much slower: the figures are then bounded by the server).
+   mmcorpus.demo.localmirror (much slower: the figures are then bounded by the server).
 3. Times, in the same run, `img2dataset` (from its own venv, --i2d-venv; `--install-img2dataset` creates it
    with `pip install img2dataset==1.47`, never in this environment: it pins old packages) and mmcorpus,
    both with --workers processes, with resize 256 (shorter side, aspect kept: img2dataset's keep_ratio) and
@@ -166,7 +166,7 @@ def free_port() -> int:
 
 
 class Server:
-    """nginx on a free port when installed, else mmcorpus.localmirror (with a warning)."""
+    """nginx on a free port when installed, else mmcorpus.demo.localmirror (with a warning)."""
 
     def __init__(self, work: Path, www: Path, manifest: dict, nginx_workers: int):
         self.work, self.port, self.process, self.mirror = work, free_port(), None, None
@@ -178,11 +178,11 @@ class Server:
             self.process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(work), "-g", "daemon off;"])
             self.kind = f"nginx ({nginx_workers} worker processes)"
         else:
-            from mmcorpus.localmirror import LocalMirror, Route
+            from mmcorpus.demo.localmirror import LocalMirror, Route
 
-            print("nginx not found (apt-get install -y nginx): using mmcorpus.localmirror", file=sys.stderr)
+            print("nginx not found (apt-get install -y nginx): using mmcorpus.demo.localmirror", file=sys.stderr)
             self.mirror = LocalMirror(www, port=self.port).start()
-            self.kind = "mmcorpus.localmirror (nginx not installed)"
+            self.kind = "mmcorpus.demo.localmirror (nginx not installed)"
             for path in manifest["paths"]:  # localmirror has no location rules: script the 410s one by one
                 if path.startswith("/gone/"):
                     self.mirror.add(path, Route(status=410))
@@ -230,7 +230,7 @@ MMCORPUS_RUN = """
 import json, sys
 from pathlib import Path
 from mmcorpus.registry import Spec
-from mmcorpus.downloaders.urllist import UrlListOptions, fetch_url_list
+from mmcorpus.fetch.urllist.native import UrlListOptions, fetch_url_list
 args = json.loads(sys.argv[1])
 spec = Spec(name="bench", kind="dataset", source=Path("bench"), format_columns=("caption", "url"))
 options = UrlListOptions(workers=args["workers"], threads=args["threads"], resize=args["resize"],

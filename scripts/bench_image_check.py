@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from bench_fetch import build_corpus  # noqa: E402  (the same synthetic corpus as the engine benchmark)
 
-from mmcorpus.imaging import CHECKS, ImageRejected, prepare  # noqa: E402
+from mmcorpus.core.imaging import CHECKS, ImageRejected, prepare  # noqa: E402
 
 
 def outcome(data: bytes, check: str) -> str:

@@ -5,7 +5,7 @@ Generates a synthetic llava_v1_5_mix665k.json (665,298 records, ~1 GB by default
 proportions of reference 8.3, int GQA ids, ASIN-like OCR-VQA ids, the text-only ShareGPT tail), then runs, each
 in its own subprocess so that peak RSS is the process's own (os.wait4 rusage):
 
-- mmcorpus: `mmcorpus.normalize.normalize_dataset` on the built-in llava_instruct spec (subset mix665k), i.e.
+- mmcorpus: `mmcorpus.normalize.runner.normalize_dataset` on the built-in llava_instruct spec (subset mix665k), i.e.
   what `mmcorpus prepare` runs: parse, validate, map roles and paths, look images up on disk, write parquet;
 - baseline: `json.load` + `pyarrow.Table.from_pylist` + `pyarrow.parquet.write_table`. The ids are turned into
   strings first: from_pylist refuses the real file's mixed int/str ids, so a naive script needs at least that.
@@ -109,7 +109,7 @@ def generate(path: Path, records: int = TOTAL, seed: int = 665) -> Path:
 
 
 def run_mmcorpus(json_path: Path, workdir: Path) -> dict:
-    from mmcorpus.normalize import normalize_dataset
+    from mmcorpus.normalize.runner import normalize_dataset
     from mmcorpus.registry import Registry
 
     spec = Registry.load().get("llava_instruct")
@@ -247,7 +247,7 @@ def print_ratio(label: str, ratio: dict, note: str) -> None:
 def parse_only(json_path: Path) -> None:
     """Why the normalizer does not use ijson: CPU seconds to parse the file record by record (ijson is not a
     dependency; the comparison runs when it is installed)."""
-    from mmcorpus.normalizers.jsonarray import iter_json_array
+    from mmcorpus.normalize.jsonarray import iter_json_array
 
     parsers = [("json C scanner (mmcorpus)", lambda: iter_json_array(json_path))]
     try:

@@ -4,7 +4,7 @@
     python scripts/bench_scale.py [--n 4000] [--threads 32] [--resize none|256] [--modes local-1,local-2,ray-2,img2dataset-2]
                                   [--i2d-venv DIR] [--install-img2dataset] [--json FILE]
 
-Modes (every one through mmcorpus.executors.run_url_list, into a fresh root):
+Modes (every one through mmcorpus.fetch.urllist.executors.run_url_list, into a fresh root):
 - local-1        --executor local --workers 1
 - local-2        --executor local --workers 2
 - ray-2          --executor ray, 2 tasks on a local Ray instance (ray.init(num_cpus=2)); its start-up
@@ -37,8 +37,8 @@ RUN = """
 import json, sys, time
 from pathlib import Path
 args = json.loads(sys.argv[1])
-from mmcorpus.downloaders.urllist import UrlListOptions
-from mmcorpus.executors import run_url_list
+from mmcorpus.fetch.urllist.native import UrlListOptions
+from mmcorpus.fetch.urllist.executors import run_url_list
 from mmcorpus.registry import Spec
 spec = Spec(name="bench", kind="dataset", source=Path("bench"), format_columns=("caption", "url"))
 options = UrlListOptions(workers=args["workers"], threads=args["threads"], host_connections=args["threads"],
@@ -49,7 +49,7 @@ if args["executor"] == "ray":
     import ray
     started = time.monotonic()
     ray.init(num_cpus=args["tasks"], include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    warm = ray.remote(lambda: __import__("mmcorpus.downloaders.urllist"))  # workers up, as on a running cluster
+    warm = ray.remote(lambda: __import__("mmcorpus.fetch.urllist.native"))  # workers up, as on a running cluster
     ray.get([warm.remote() for _ in range(args["tasks"])])
     startup = time.monotonic() - started
 started = time.monotonic()
@@ -88,7 +88,7 @@ def install_i2d_venv(venv: Path) -> None:
 def has_engine(venv: Path) -> bool:
     python = venv / "bin" / "python"
     return python.exists() and subprocess.run(
-        [str(python), "-c", "import img2dataset, mmcorpus.executors"], capture_output=True,
+        [str(python), "-c", "import img2dataset, mmcorpus.fetch.urllist.executors"], capture_output=True,
         env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}).returncode == 0
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mmcorpus.localmirror import LocalMirror
+from mmcorpus.demo.localmirror import LocalMirror
 
 SAMPLES = Path(__file__).parent / "data" / "samples"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mmcorpus.downloaders.archives import ArchiveError, Limits, Mapping, extract_archive, marker_path
+from mmcorpus.fetch.archives import ArchiveError, Limits, Mapping, extract_archive, marker_path
 from mmcorpus.errors import EXIT_USAGE
 
 
@@ -232,7 +232,7 @@ def test_two_concurrent_extractions_never_share_a_temporary_file(tmp_path):
 
 
 def test_stale_temporaries_of_dead_runs_are_swept(tmp_path):
-    from mmcorpus.atomicio import sweep_stale_temporaries, temporary_name
+    from mmcorpus.core.atomicio import sweep_stale_temporaries, temporary_name
 
     dest = tmp_path / "out"
     dest.mkdir()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mmcorpus.localmirror import Route
+from mmcorpus.demo.localmirror import Route
 
 ENV = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
 ENV.pop("MMCORPUS_CONFIG_DIR", None)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from mmcorpus.collections import collections_needed, fetch_collection
+from mmcorpus.fetch.collections import collections_needed, fetch_collection
 from mmcorpus.registry import parse_spec
 
 
@@ -159,8 +159,8 @@ def test_collections_needed_by_longest_prefix():
 
 def test_the_collection_folder_is_swept_once_per_fetch_and_only_when_extracting(root, mirror, monkeypatch):
     """The sweep for killed runs' temporaries walks the whole folder (SA-1B: ~11M files in one)."""
-    import mmcorpus.collections as collections
-    from mmcorpus.atomicio import temporary_name
+    import mmcorpus.fetch.collections as collections
+    from mmcorpus.core.atomicio import temporary_name
 
     archives = [{"url": mirror.put(f"zips/p{i}.zip", zip_bytes({f"{i}.jpg": b"x"}))} for i in range(3)]
     spec = collection(name="parts", path="parts", archives=archives)

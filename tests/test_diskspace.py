@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mmcorpus.diskspace import (
+from mmcorpus.fetch.diskspace import (
     DiskFullError,
     ensure_free_space,
     ensure_space_for_fetch,
@@ -16,7 +16,7 @@ from mmcorpus.diskspace import (
     space_needed,
     unknown_sizes,
 )
-from mmcorpus.downloaders.archives import Mapping, extract_archive
+from mmcorpus.fetch.archives import Mapping, extract_archive
 from mmcorpus.errors import EXIT_FAILED
 from mmcorpus.registry import parse_spec
 

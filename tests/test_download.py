@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-from mmcorpus.downloaders.http import DownloadOptions, download_file, gdrive_confirm_url
+from mmcorpus.fetch.files import DownloadOptions, download_file, gdrive_confirm_url
 from mmcorpus.errors import DownloadError, VerificationError
-from mmcorpus.localmirror import Route
+from mmcorpus.demo.localmirror import Route
 from mmcorpus.registry import FileSpec
-from mmcorpus.urls import MirrorRule, UrlRewriter
+from mmcorpus.fetch.urls import MirrorRule, UrlRewriter
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()

@@ -1,4 +1,4 @@
-"""Executors (mmcorpus.executors): --shard I/N slices cover a run exactly once, and --executor ray leaves the
+"""Executors (mmcorpus.fetch.urllist.executors): --shard I/N slices cover a run exactly once, and --executor ray leaves the
 same tree on disk as a local run (status parquets, images, done markers), against a local Ray instance."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mmcorpus.downloaders.urllist import UrlListOptions, UrlListSummary, fetch_url_list
+from mmcorpus.fetch.urllist.native import UrlListOptions, UrlListSummary, fetch_url_list
 from mmcorpus.errors import MMCorpusError, UsageError
-from mmcorpus.executors import check_available, merge_summaries, run_url_list, task_shards
-from mmcorpus.localmirror import Route
+from mmcorpus.fetch.urllist.executors import check_available, merge_summaries, run_url_list, task_shards
+from mmcorpus.demo.localmirror import Route
 from mmcorpus.registry import Spec
 
 CC3M = Spec(name="cc3m", kind="dataset", source=Path("cc3m.yaml"), format_columns=("caption", "url"))

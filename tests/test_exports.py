@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 from stage_helpers import caption_row, cc_rows, chat_row, make_image, row, write_normalized
 
-from mmcorpus.exports import BRIEF_PROMPTS, llava_record, wds_key
-from mmcorpus.normalize import normalize_dataset
+from mmcorpus.stage.exports import BRIEF_PROMPTS, llava_record, wds_key
+from mmcorpus.normalize.runner import normalize_dataset
 from mmcorpus.registry import Registry
 from mmcorpus.schema import UNIFIED_SCHEMA
-from mmcorpus.stages import prepare_stage
+from mmcorpus.stage.prepare import prepare_stage
 
 SAMPLES = Path(__file__).parent / "data" / "samples"
 
@@ -210,7 +210,7 @@ def test_webdataset_jpeg_of_a_transparent_png_is_white_not_black(tmp_path):
 
     from PIL import Image
 
-    from mmcorpus.exports import jpeg_bytes
+    from mmcorpus.stage.exports import jpeg_bytes
 
     path = tmp_path / "clear.png"
     Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(path)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from test_collections import zip_bytes
 
-from mmcorpus.downloaders.http import DownloadOptions
+from mmcorpus.fetch.files import DownloadOptions
 from mmcorpus.errors import LockedError
-from mmcorpus.fetch import FetchOptions, ImageOptions, fetch, shard_share
-from mmcorpus.locks import hold_lock
+from mmcorpus.fetch.run import FetchOptions, ImageOptions, fetch, shard_share
+from mmcorpus.core.locks import hold_lock
 from mmcorpus.registry import Registry
 
 
@@ -78,7 +78,7 @@ def test_shards_lock_separately(three_part_collection, tmp_path):
 
 
 def test_failed_archive_is_reported_not_raised(three_part_collection, mirror, tmp_path):
-    from mmcorpus.localmirror import Route
+    from mmcorpus.demo.localmirror import Route
 
     mirror.add("parts/part1.zip", Route(status=404))
     report = fetch(three_part_collection, ["parts"], options(tmp_path / "root"))
@@ -91,7 +91,7 @@ def test_collections_by_need_are_scanned_once_until_the_annotations_change(mirro
     with nothing changed must reuse the answer, a changed file must be read again."""
     import json
 
-    import mmcorpus.normalize as normalize
+    import mmcorpus.normalize.runner as normalize
 
     def records(folder: str) -> bytes:
         return json.dumps([{"id": i, "image": f"{folder}/{i}.jpg", "conversations": [

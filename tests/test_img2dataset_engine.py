@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mmcorpus.downloaders.img2dataset_engine import (
+from mmcorpus.fetch.urllist.img2dataset import (
     WORK_DIR, download_arguments, fetch_with_img2dataset, map_error, refused,
 )
-from mmcorpus.downloaders.urllist import UrlListOptions, fetch_url_list
+from mmcorpus.fetch.urllist.native import UrlListOptions, fetch_url_list
 from mmcorpus.errors import UsageError
-from mmcorpus.executors import run_url_list
+from mmcorpus.fetch.urllist.executors import run_url_list
 from mmcorpus.registry import Spec
 from test_urllist import status_rows as urllist_status_rows
 
@@ -188,7 +188,7 @@ def test_limit_and_shard_slice(tmp_path, root):
 
 
 def test_mirror_rewrite_is_applied_and_the_original_url_recorded(tmp_path, root):
-    from mmcorpus.urls import MirrorRule, UrlRewriter
+    from mmcorpus.fetch.urls import MirrorRule, UrlRewriter
 
     tsv = write_list(tmp_path / "list.tsv")
     writer = I2dWriter()

@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 
 from killsafe import check_kill_safe, run_and_kill, run_to_completion
-from mmcorpus.localmirror import Route
+from mmcorpus.demo.localmirror import Route
 
 SEEDS = (1, 2, 3)
 
 EXTRACT = """
 import sys
 from pathlib import Path
-from mmcorpus.downloaders.archives import Mapping, extract_archive
+from mmcorpus.fetch.archives import Mapping, extract_archive
 run = Path(sys.argv[1])
 extract_archive(run / "in" / sys.argv[2], run / "images" / "pics", Mapping(strip="pics/"))
 """
@@ -34,7 +34,7 @@ extract_archive(run / "in" / sys.argv[2], run / "images" / "pics", Mapping(strip
 DOWNLOAD = """
 import sys
 from pathlib import Path
-from mmcorpus.downloaders.http import DownloadOptions, download_file
+from mmcorpus.fetch.files import DownloadOptions, download_file
 from mmcorpus.registry import FileSpec
 run, url, size, sha256 = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 spec = FileSpec(key="big", url=url, filename="big.bin", size=size, sha256=sha256)
@@ -44,8 +44,8 @@ download_file(spec, run / "downloads" / "big", DownloadOptions(backoff=0.005, ma
 FETCH_COLLECTION = """
 import sys
 from pathlib import Path
-from mmcorpus.collections import fetch_collection
-from mmcorpus.downloaders.http import DownloadOptions, download_file
+from mmcorpus.fetch.collections import fetch_collection
+from mmcorpus.fetch.files import DownloadOptions, download_file
 from mmcorpus.registry import parse_spec
 run, url = Path(sys.argv[1]), sys.argv[2]
 spec = parse_spec({"name": "pics", "kind": "collection", "path": "pics", "archives": [{"url": url, "strip": "pics/"}]},

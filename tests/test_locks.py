@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from mmcorpus import locks
+from mmcorpus.core import locks
 from mmcorpus.errors import EXIT_LOCKED, LockedError
-from mmcorpus.locks import hold_lock, hold_locks, lock_path, read_holder
+from mmcorpus.core.locks import hold_lock, hold_locks, lock_path, read_holder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def start_holder(root: Path, name: str) -> subprocess.Popen:
     """A real process that takes the lock, says so, and holds it until its stdin is closed."""
     code = textwrap.dedent(f"""
         import sys
-        from mmcorpus.locks import hold_lock
+        from mmcorpus.core.locks import hold_lock
         with hold_lock({str(root)!r}, {name!r}, command="fetch {name}"):
             print("held", flush=True)
             sys.stdin.read()
@@ -283,7 +283,7 @@ def test_breaking_waits_for_another_breaker_and_clears_a_dead_breakers_guard(roo
 
 
 def test_describe_locks_includes_the_shard_slices(tmp_path):
-    from mmcorpus.locks import describe_locks
+    from mmcorpus.core.locks import describe_locks
 
     assert describe_locks(tmp_path, "cc12m") == []
     with hold_lock(tmp_path, "cc12m.shard-1-of-4", command="mmcorpus fetch cc12m --shard 1/4"):

@@ -12,13 +12,13 @@ import pytest
 
 from conftest import SAMPLES
 from mmcorpus.errors import EXIT_USAGE, BadInputError
-from mmcorpus.normalize import dataset_image_paths, normalize_dataset
-from mmcorpus.normalizers import Job, normalizer_module
-from mmcorpus.normalizers.jsonarray import iter_json_array, split_points
-from mmcorpus.normalizers.llava import convert
-from mmcorpus.normalizers.llava import normalize as normalize_llava
+from mmcorpus.normalize.runner import dataset_image_paths, normalize_dataset
+from mmcorpus.normalize.formats import Job, normalizer_module
+from mmcorpus.normalize.jsonarray import iter_json_array, split_points
+from mmcorpus.normalize.formats.llava import convert
+from mmcorpus.normalize.formats.llava import normalize as normalize_llava
 from mmcorpus.registry import parse_spec
-from mmcorpus.resolve import ImageResolver, decode_escapes, is_unsafe_path, sniff_format
+from mmcorpus.normalize.resolve import ImageResolver, decode_escapes, is_unsafe_path, sniff_format
 from mmcorpus.schema import STATUS_SCHEMA, UNIFIED_SCHEMA
 
 
@@ -377,7 +377,7 @@ def test_stale_staging_of_a_killed_run_is_removed(root):
 
 
 def test_parallel_ranges_give_the_same_rows_as_one_process(root, monkeypatch):
-    import mmcorpus.normalize as normalize_module
+    import mmcorpus.normalize.runner as normalize_module
 
     monkeypatch.setattr(normalize_module, "MIN_SPLIT_BYTES", 0)
     spec = dataset_spec()
@@ -421,8 +421,8 @@ def test_normalize_url_list_dataset(root):
 
 
 def test_bad_cut_falls_back_to_one_process(root, monkeypatch):
-    import mmcorpus.normalize as normalize_module
-    from mmcorpus.normalizers import llava
+    import mmcorpus.normalize.runner as normalize_module
+    from mmcorpus.normalize.formats import llava
 
     monkeypatch.setattr(normalize_module, "MIN_SPLIT_BYTES", 0)
     spec = dataset_spec()
@@ -437,7 +437,7 @@ def test_bad_cut_falls_back_to_one_process(root, monkeypatch):
 
 
 def test_truncated_file_in_parallel_mode_gives_the_canonical_error(root, monkeypatch):
-    import mmcorpus.normalize as normalize_module
+    import mmcorpus.normalize.runner as normalize_module
 
     monkeypatch.setattr(normalize_module, "MIN_SPLIT_BYTES", 0)
     spec = dataset_spec()
@@ -449,7 +449,7 @@ def test_truncated_file_in_parallel_mode_gives_the_canonical_error(root, monkeyp
 
 
 def test_image_token_counts_over_the_values_buffer():
-    from mmcorpus.normalizers.llava import _token_counts
+    from mmcorpus.normalize.formats.llava import _token_counts
 
     values = ["<image>\nq", "a <ima", "ge> b", "", None, "<image><image>", "é<image>", "<image"]
     array = pa.array(values, pa.string())

@@ -15,8 +15,8 @@ from PIL import Image
 from stage_helpers import caption_row, cc_rows, chat_row, make_image, write_normalized
 
 from mmcorpus.registry import Registry
-from mmcorpus.report import THUMB_SIZE, format_stage_summary
-from mmcorpus.stages import prepare_stage
+from mmcorpus.stage.report import THUMB_SIZE, format_stage_summary
+from mmcorpus.stage.prepare import prepare_stage
 
 CHROMIUM = Path("/usr/bin/chromium")
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)> & "quotes"'
@@ -93,7 +93,7 @@ def test_report_renders_in_headless_chromium_with_all_thumbnails(stage, tmp_path
 
 
 def test_thumbnail_of_a_transparent_image_is_white_not_black(tmp_path):
-    from mmcorpus.report import thumbnail_uri
+    from mmcorpus.stage.report import thumbnail_uri
 
     path = tmp_path / "clear.png"
     Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(path)

@@ -15,12 +15,12 @@ from stage_helpers import caption_row, cc_rows, chat_row, make_image, row, write
 
 from mmcorpus import __version__
 from mmcorpus.errors import EXIT_LOCKED, EXIT_USAGE, BadInputError, ConfigError, LockedError, UsageError
-from mmcorpus.imagecheck import POOL_MIN, ImageCheck, ImageChecker
-from mmcorpus.locks import hold_lock
+from mmcorpus.stage.imagecheck import POOL_MIN, ImageCheck, ImageChecker
+from mmcorpus.core.locks import hold_lock
 from mmcorpus.registry import Registry
-from mmcorpus.sampling import Rule, parse_rule
+from mmcorpus.stage.sampling import Rule, parse_rule
 from mmcorpus.schema import UNIFIED_SCHEMA
-from mmcorpus.stages import load_mix, prepare_stage, prepared_stages, read_manifest, resolve_mix, stage_files
+from mmcorpus.stage.prepare import load_mix, prepare_stage, prepared_stages, read_manifest, resolve_mix, stage_files
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +323,7 @@ def test_failed_prepare_keeps_the_previous_stage(pretrain_root, registry, monkey
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("mmcorpus.stages.write_report", broken)
+    monkeypatch.setattr("mmcorpus.stage.prepare.write_report", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         prepare_stage(registry, pretrain_root, "pretrain")
     assert sorted(p.name for p in (pretrain_root / "stages/pretrain").rglob("*")) == before
@@ -403,8 +403,8 @@ def test_a_normalized_file_outside_the_schema_is_bad_input(pretrain_root, regist
 
 
 def test_prepare_workers_also_size_the_image_check_pool(pretrain_root, registry, monkeypatch):
-    import mmcorpus.stages as stages
-    from mmcorpus.prepare import prepare
+    import mmcorpus.stage.prepare as stages
+    from mmcorpus.ops.prepare import prepare
 
     sizes = []
 
@@ -421,8 +421,8 @@ def test_prepare_workers_also_size_the_image_check_pool(pretrain_root, registry,
 def test_a_normalize_killed_under_force_is_redone_by_the_next_prepare(root, registry, monkeypatch):
     import shutil
 
-    import mmcorpus.prepare as prepare_module
-    from mmcorpus.prepare import normalize_if_changed
+    import mmcorpus.ops.prepare as prepare_module
+    from mmcorpus.ops.prepare import normalize_if_changed
 
     spec = registry.get("llava_pretrain")
     source = Path(__file__).parent / "data" / "samples" / "llava_pretrain_558k_sample.json"

@@ -14,12 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mmcorpus.downloaders import verify
-from mmcorpus.downloaders.archives import Mapping, extract_archive
-from mmcorpus.locks import hold_lock
+from mmcorpus.fetch import checksums as verify
+from mmcorpus.fetch.archives import Mapping, extract_archive
+from mmcorpus.core.locks import hold_lock
 from mmcorpus.registry import Registry, parse_spec
 from mmcorpus.schema import STATUS_SCHEMA
-from mmcorpus.status import collect_status, format_status, read_run, record_run
+from mmcorpus.ops.status import collect_status, format_status, read_run, record_run
 
 CC = parse_spec({
     "name": "cc", "kind": "dataset", "stages": ["pretrain"], "images": {"from": "url"},

@@ -18,12 +18,12 @@ import pytest
 from PIL import Image
 
 from mmcorpus import USER_AGENT
-from mmcorpus.downloaders.urllist import UrlListOptions, fetch_url_list, shard_from_env
+from mmcorpus.fetch.urllist.native import UrlListOptions, fetch_url_list, shard_from_env
 from mmcorpus.errors import UsageError
-from mmcorpus.localmirror import Route
+from mmcorpus.demo.localmirror import Route
 from mmcorpus.registry import Spec
 from mmcorpus.schema import ERRORS, STATUS_SCHEMA
-from mmcorpus.urls import MirrorRule, UrlRewriter
+from mmcorpus.fetch.urls import MirrorRule, UrlRewriter
 from urllist_helpers import bomb_png, jpeg
 
 SAMPLES = Path(__file__).parent / "data" / "samples"
@@ -135,7 +135,7 @@ def test_structure_check_classifies_the_vocabulary_like_the_decode_check(tmp_pat
 def test_a_failing_store_stops_the_shard_without_hanging_the_fetch_threads(tmp_path, root, mirror, monkeypatch):
     """The network threads wait for room in the window that the storing thread frees; when storing fails
     (a full disk), the queued fetches must still end, or the worker never shuts down."""
-    import mmcorpus.downloaders.urllist as urllist
+    import mmcorpus.fetch.urllist.native as urllist
 
     def disk_full(path, data):
         time.sleep(0.5)  # meanwhile the fetches fill the window and the network threads wait for room
@@ -252,7 +252,7 @@ def test_rerun_with_another_resize_replaces_the_stored_images(tmp_path, root, mi
 def test_a_resize_switch_cut_short_then_the_old_resize_fetches_again(tmp_path, root, mirror, monkeypatch):
     """Run 1 keeps the originals; run 2 (--resize 256) dies while storing; run 3 (no resize again) must not
     trust run 1's marker: the originals were deleted or replaced by run 2 under the same names."""
-    import mmcorpus.downloaders.urllist as urllist
+    import mmcorpus.fetch.urllist.native as urllist
 
     for name in ("a.jpg", "b.jpg"):
         mirror.put(name, jpeg(800, 600))
@@ -414,7 +414,7 @@ def test_progress_line_on_non_tty(tmp_path, root, mirror, caplog):
 KILL_RUN = """
 import json, sys
 from pathlib import Path
-from mmcorpus.downloaders.urllist import UrlListOptions, fetch_url_list
+from mmcorpus.fetch.urllist.native import UrlListOptions, fetch_url_list
 from mmcorpus.registry import Spec
 args = json.loads(sys.argv[1])
 spec = Spec(name="cc3m", kind="dataset", source=Path("cc3m.yaml"), format_columns=("caption", "url"))

@@ -1,6 +1,6 @@
 """The URL engine over TLS: certificates verified, keep-alive over https, redirects between schemes.
 
-The server is mmcorpus.localmirror with a certificate for 127.0.0.1 and localhost from a throwaway CA made by
+The server is mmcorpus.demo.localmirror with a certificate for 127.0.0.1 and localhost from a throwaway CA made by
 trustme; the fetcher trusts it through SSL_CERT_FILE, as a user behind a company CA would.
 """
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mmcorpus.downloaders.urllist import UrlListOptions, fetch_url_list
-from mmcorpus.localmirror import LocalMirror, Route
+from mmcorpus.fetch.urllist.native import UrlListOptions, fetch_url_list
+from mmcorpus.demo.localmirror import LocalMirror, Route
 from mmcorpus.registry import Spec
 from urllist_helpers import jpeg
 

@@ -8,10 +8,10 @@ import time
 import pytest
 from PIL import Image
 
-from mmcorpus.httpfetch import _retry_after, opted_out
-from mmcorpus.imaging import ImageRejected, prepare, sniff, target_size
-from mmcorpus.tsv import ColumnLayout, read_rows
-from mmcorpus.urlsafety import AddressPolicy, BlockedURL, is_public, parse_target
+from mmcorpus.fetch.urllist.fetcher import _retry_after, opted_out
+from mmcorpus.core.imaging import ImageRejected, prepare, sniff, target_size
+from mmcorpus.fetch.urllist.reader import ColumnLayout, read_rows
+from mmcorpus.fetch.addresses import AddressPolicy, BlockedURL, is_public, parse_target
 from urllist_helpers import bomb_png
 
 
@@ -227,7 +227,7 @@ def test_resize_geometry_and_output():
 
 
 def test_host_slots_cap_and_forget_idle_hosts():
-    from mmcorpus.httpfetch import HostSlots
+    from mmcorpus.fetch.urllist.fetcher import HostSlots
 
     slots = HostSlots(limit=2)
     assert slots.acquire("a", 0) and slots.acquire("a", 0)
@@ -239,7 +239,7 @@ def test_host_slots_cap_and_forget_idle_hosts():
 
 
 def test_connections_per_thread_are_bounded(mirror, monkeypatch):
-    from mmcorpus import httpfetch
+    from mmcorpus.fetch.urllist import fetcher as httpfetch
 
     monkeypatch.setattr(httpfetch, "CONNECTIONS_PER_THREAD", 1)
     mirror.put("a.jpg", b"x")
@@ -257,7 +257,7 @@ def test_connecting_tries_the_addresses_within_one_deadline(monkeypatch):
     the deadline, not a fresh one (the watchdog only guards connected sockets)."""
     import socket
 
-    from mmcorpus import httpfetch
+    from mmcorpus.fetch.urllist import fetcher as httpfetch
 
     given = []
 

@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mmcorpus.downloaders import verify
-from mmcorpus.downloaders.archives import Mapping, extract_archive, marker_path
+from mmcorpus.fetch import checksums as verify
+from mmcorpus.fetch.archives import Mapping, extract_archive, marker_path
 from mmcorpus.registry import Registry, parse_spec
 from mmcorpus.schema import STATUS_SCHEMA
-from mmcorpus.verifycmd import check_image, format_verify, verify_root
+from mmcorpus.ops.verify import check_image, format_verify, verify_root
 
 ANNOT = b'[{"id": 1}]'
 PICS = parse_spec({

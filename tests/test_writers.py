@@ -8,7 +8,7 @@ import pytest
 
 import mmcorpus
 from mmcorpus.schema import UNIFIED_SCHEMA
-from mmcorpus.writers import ShardWriter, file_metadata
+from mmcorpus.core.parquet import ShardWriter, file_metadata
 from mmcorpus.registry import parse_spec
 
 

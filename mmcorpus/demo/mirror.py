@@ -28,9 +28,9 @@ from urllib.parse import unquote, urlsplit
 import yaml
 from PIL import Image, ImageDraw
 
-from mmcorpus.localmirror import ROUTES_FILE
+from mmcorpus.demo.localmirror import ROUTES_FILE
 from mmcorpus.registry import FileSpec, Registry, Spec, builtin_config_dir
-from mmcorpus.urls import gdrive_download_url
+from mmcorpus.fetch.urls import gdrive_download_url
 
 DATA = Path(__file__).parent / "data"
 

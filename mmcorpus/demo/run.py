@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from mmcorpus.demo.mirror import build_mirror
-from mmcorpus.localmirror import LocalMirror
+from mmcorpus.demo.localmirror import LocalMirror
 
 URL_LIST = ["cc3m", "cc12m"]
 JSON_DATASETS = ["llava_instruct", "llava_pretrain", "llava_cc3m_595k", "sharegpt4v"]

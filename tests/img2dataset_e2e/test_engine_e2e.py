@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mmcorpus.downloaders.img2dataset_engine import fetch_with_img2dataset
-from mmcorpus.downloaders.urllist import UrlListOptions, fetch_url_list
-from mmcorpus.executors import run_url_list
-from mmcorpus.localmirror import Route
+from mmcorpus.fetch.urllist.img2dataset import fetch_with_img2dataset
+from mmcorpus.fetch.urllist.native import UrlListOptions, fetch_url_list
+from mmcorpus.fetch.urllist.executors import run_url_list
+from mmcorpus.demo.localmirror import Route
 from mmcorpus.registry import Spec
 from test_urllist import status_rows
 

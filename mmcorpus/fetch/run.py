@@ -1,0 +1,320 @@
+"""`mmcorpus fetch`: what to fetch for each name, in which order, and the report of what happened.
+
+A dataset is fetched as: its annotation files (single-file downloader), then its images: the URL column
+(URL-list engine) or the image collections its JSON image paths point into ("fetch by need"). A collection
+is its archives, downloaded and extracted. Every step is idempotent, so a cron re-run only does what is left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmcorpus import __version__
+from mmcorpus.core.atomicio import read_json, write_json_atomic
+from mmcorpus.fetch.files import DownloadOptions, download_file
+from mmcorpus.errors import EXIT_FAILED, MMCorpusError, UsageError
+from mmcorpus.core.progress import human_bytes, is_quiet
+from mmcorpus.registry import FileSpec, Registry, Spec
+
+log = logging.getLogger("mmcorpus.fetch")
+
+
+@dataclass
+class ImageOptions:
+    """Options of the URL-list engine, passed through from the command line."""
+
+    workers: int | None = None
+    threads: int | None = None
+    limit: int | None = None
+    resize: int | None = None
+    image_check: str | None = None  # decode | structure (mmcorpus.core.imaging.CHECKS)
+    timeout: float | None = None
+    retry_failed: bool = False
+    shard: tuple[int, int] | None = None
+    allow_private_hosts: bool = False
+    respect_opt_out: bool = True
+    engine: str = "native"  # native | img2dataset
+    executor: str = "local"  # local | ray (| pyspark with the img2dataset engine): mmcorpus.fetch.urllist.executors
+    ray_address: str | None = None
+    tasks: int | None = None  # Ray tasks; None: the cluster's CPUs
+
+
+@dataclass
+class FetchOptions:
+    root: Path
+    download: DownloadOptions = field(default_factory=DownloadOptions)
+    images: ImageOptions = field(default_factory=ImageOptions)
+    no_images: bool = False
+    all_files: bool = False  # also the optional files (metadata, components, labels)
+    dry_run: bool = False
+    delete_archives: bool = False
+    manual_source: Path | None = None
+    wait_for_lock: bool = False
+
+
+@dataclass
+class Target:
+    """One name on the command line: a spec and, optionally, the subsets/archives asked for."""
+
+    spec: Spec
+    keys: tuple[str, ...] = ()  # empty: every non-optional file
+
+    def files(self, all_files: bool) -> list[FileSpec]:
+        if self.keys:
+            return [f for f in self.spec.downloads if f.key in self.keys]
+        return [f for f in self.spec.downloads if all_files or not f.optional]
+
+
+def parse_targets(registry: Registry, names: list[str]) -> list[Target]:
+    """`cc3m`, `cc3m:validation`, `llava_instruct:mix665k,instruct150k` -> Targets (unknown names exit 2)."""
+    if not names:
+        raise UsageError("name at least one dataset or collection (see 'mmcorpus list')")
+    targets = []
+    for text in names:
+        name, _, keys_text = text.partition(":")
+        spec = registry.get(name)
+        keys = tuple(k for k in keys_text.split(",") if k)
+        known = [f.key for f in spec.downloads]
+        for key in keys:
+            if key not in known:
+                raise UsageError(f"'{name}' has no file '{key}' (it has: {', '.join(known)})")
+        targets.append(Target(spec, keys))
+    return targets
+
+
+# ------------------------------------------------------------------------------------------ orchestration
+
+
+def fetch(registry: Registry, names: list[str], options: FetchOptions) -> dict[str, Any]:
+    """Fetch every target; returns the report ({"targets": [...], "ok": bool}). Never raises for a
+    download failure: it is recorded in the report, and the CLI turns it into exit code 1."""
+    targets = parse_targets(registry, names)
+    if options.dry_run:
+        return {"dry_run": True, "targets": [plan(t, options) for t in targets], "ok": True}
+    done: set[str] = set()
+    reports = []
+    for target in targets:
+        reports += _fetch_target(registry, target, options, done)
+    return {"targets": reports, "ok": all(r["ok"] for r in reports)}
+
+
+def _fetch_target(registry: Registry, target: Target, options: FetchOptions, done: set[str]) -> list[dict]:
+    """A dataset and then the collections it needs; each spec (with its chosen files) at most once per run."""
+    key = f"{target.spec.name}:{','.join(target.keys)}"
+    if key in done:
+        return []
+    done.add(key)
+    if target.spec.kind == "collection":
+        return [_run_step(target, options, lambda: _fetch_collection(target, options))]
+    report = _run_step(target, options, lambda: _fetch_dataset(target, options))
+    reports = [report]
+    if report["ok"] and not options.no_images and target.spec.collections:
+        for name in _collections_needed(registry, target, report, options):
+            reports += _fetch_target(registry, Target(registry.get(name)), options, done)
+    return reports
+
+
+def _run_step(target: Target, options: FetchOptions, step) -> dict:
+    """Run one spec's fetch under its lock; expected failures become a failed report, not an exception."""
+    spec = target.spec
+    started = time.time()
+    report: dict[str, Any] = {"name": spec.name, "kind": spec.kind, "ok": True}
+    try:
+        with _lock(options, _lock_name(spec.name, options)):
+            _check_disk(target, options)
+            report.update(step())
+    except MMCorpusError as exc:
+        if exc.exit_code != EXIT_FAILED:
+            raise  # usage errors and lock conflicts end the run with their own exit code
+        report.update(ok=False, error=str(exc))
+        log.error("%s", exc)
+    report["seconds"] = round(time.time() - started, 3)
+    report["ok"] = report["ok"] and not report.get("failed_files")
+    _record(options.root, spec.name, report)
+    return report
+
+
+def _fetch_dataset(target: Target, options: FetchOptions) -> dict:
+    spec = target.spec
+    with _shared_files_lock(spec.name, options):
+        files = _download_all(spec, target.files(options.all_files), options)
+    report: dict[str, Any] = {"files": files, "failed_files": [f["key"] for f in files if f["status"] == "failed"]}
+    if spec.images_from == "url" and not options.no_images:
+        report["images"] = [
+            _fetch_url_images(spec, f, options) for f in files
+            if f["status"] != "failed" and spec.files[f["key"]].role == "annotations"
+        ]
+    return report
+
+
+def _download_all(spec: Spec, files: list[FileSpec], options: FetchOptions) -> list[dict]:
+    dest = options.root / "downloads" / spec.name
+    results = []
+    for file in files:
+        label = f"{spec.name}/{file.filename}"
+        if file.url is None:
+            results.append({"key": file.key, "status": "manual", "note": file.manual})
+            log.warning("%s: manual download: %s", label, file.manual)
+            continue
+        try:
+            result = download_file(file, dest, options.download, label=label)
+        except MMCorpusError as exc:
+            if exc.exit_code != EXIT_FAILED:
+                raise
+            log.error("%s", exc)
+            results.append({"key": file.key, "status": "failed", "error": str(exc)})
+            continue
+        log.info("%s: %s (%s)", label, result.status, human_bytes(result.bytes))
+        results.append({"key": file.key, "status": result.status, "path": str(result.path),
+                        "bytes": result.bytes, "sha256": result.digests.get("sha256")})
+    return results
+
+
+def _fetch_collection(target: Target, options: FetchOptions) -> dict:
+    """The collection's archives (this machine's share of them under --shard), downloaded and extracted."""
+    from mmcorpus.fetch.collections import fetch_collection
+
+    def download(file: FileSpec, dest: Path) -> Path:
+        return download_file(file, dest, options.download, label=f"{target.spec.name}/{file.filename}").path
+
+    keys = shard_share([f.key for f in target.files(options.all_files)], options.images.shard)
+    if not target.keys and not options.all_files and options.images.shard is None:
+        keys = None  # fetch_collection's own choice: also the optional manual archives (SA-1B tars) the user
+        # placed in downloads/<name>/ or gave with --manual-source
+    summary = fetch_collection(target.spec, options.root, download, delete_archives=options.delete_archives,
+                               manual_source=options.manual_source, only=keys)
+    if not summary["archives"] and target.spec.manual:
+        summary["manual"] = target.spec.manual  # nothing headless to fetch: say how to get it
+    return summary
+
+
+def shard_share(keys: list[str], shard: tuple[int, int] | None) -> list[str]:
+    """Machine I of N takes every N-th item, starting at I: a deterministic split that covers all once."""
+    if shard is None:
+        return keys
+    index, count = shard
+    return [key for position, key in enumerate(keys) if position % count == index]
+
+
+def _fetch_url_images(spec: Spec, file_report: dict, options: FetchOptions) -> dict:
+    from mmcorpus.fetch.urllist.executors import run_url_list
+
+    file = spec.files[file_report["key"]]
+    image = options.images
+    summary = run_url_list(spec, file.key, Path(file_report["path"]), options.root, urllist_options(options),
+                           executor=image.executor, engine=image.engine, ray_address=image.ray_address,
+                           tasks=image.tasks)
+    return {"subset": file.key, **summary.to_dict()}
+
+
+def urllist_options(options: FetchOptions):
+    """The URL-list engine's options from ours (mirror rules also decide which private hosts are allowed)."""
+    from mmcorpus.fetch.urllist import native as urllist
+
+    image = options.images
+    given = {k: v for k, v in vars(image).items()
+             if v is not None and k not in ("engine", "executor", "ray_address", "tasks")}
+    rewrite = options.download.rewrite
+    return urllist.UrlListOptions(rewrite=rewrite, mirror_hosts=frozenset(rewrite.mirror_hosts()),
+                                  progress=not is_quiet(), **given)
+
+
+def _collections_needed(registry: Registry, target: Target, report: dict, options: FetchOptions) -> list[str]:
+    """The dataset's collections that its downloaded JSON files actually reference.
+
+    Finding out means reading every record (~30 s of CPU for mix665k), so the answer is kept beside the
+    annotation files with the fingerprint of what decides it (the files' size and mtime, the spec file, the
+    candidate collections' paths, the mmcorpus version): a cron re-run with nothing changed skips the scan.
+    """
+    spec = target.spec
+    paths = sorted((f["key"], f["path"]) for f in report["files"] if f.get("path"))
+    candidates = [registry.get(name) for name in spec.collections]
+    cache = Path(options.root) / "downloads" / spec.name / ".mmcorpus" / "collections-needed.json"
+    fingerprint = _needs_fingerprint(spec, paths, candidates)
+    cached = read_json(cache, {})
+    needed = cached.get("needed") if cached.get("fingerprint") == fingerprint else None
+    if needed is None:
+        from mmcorpus.fetch.collections import collections_needed
+        from mmcorpus.normalize.runner import dataset_image_paths
+
+        image_paths = dataset_image_paths(spec, options.root, [key for key, _ in paths])
+        needed = collections_needed(image_paths, candidates)["needed"]
+        write_json_atomic(cache, {"fingerprint": fingerprint, "needed": needed})
+    report["collections_needed"] = needed
+    return [name for name in spec.collections if name in needed]
+
+
+def _needs_fingerprint(spec: Spec, paths: list[tuple[str, str]], candidates: list[Spec]) -> str:
+    def stat(path) -> list | None:
+        try:
+            st = Path(path).stat()
+        except (OSError, TypeError):
+            return None
+        return [st.st_size, st.st_mtime_ns]
+
+    state = {"files": [[key, stat(path)] for key, path in paths], "spec": stat(spec.source),
+             "collections": [[c.name, c.path] for c in candidates], "mmcorpus": __version__}
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------- plan, locks
+
+
+def plan(target: Target, options: FetchOptions) -> dict:
+    """What a fetch would download (for --dry-run)."""
+    files = target.files(options.all_files)
+    return {
+        "name": target.spec.name,
+        "kind": target.spec.kind,
+        "files": [{"key": f.key, "filename": f.filename, "url": f.url and options.download.rewrite(f.url),
+                   "size": f.size, "manual": f.manual} for f in files],
+        "bytes": sum(f.size or 0 for f in files),
+        "images": "url column" if target.spec.images_from == "url" else list(target.spec.collections),
+    }
+
+
+def _lock_name(name: str, options: FetchOptions) -> str:
+    """One lock per root and name; under --shard, one per slice, so N machines sharing a root run together."""
+    shard = options.images.shard
+    return name if shard is None else f"{name}.shard-{shard[0]}-of-{shard[1]}"
+
+
+def _shared_files_lock(name: str, options: FetchOptions):
+    """Under --shard, every slice needs the same annotation files: one slice downloads them while the
+    others wait (their .part files are shared names). Without --shard the run's lock already covers them."""
+    import contextlib
+
+    if options.images.shard is None:
+        return contextlib.nullcontext()
+    from mmcorpus.core.locks import hold_lock
+
+    return hold_lock(options.root, name, wait=True, poll=2.0, command="mmcorpus fetch (annotation files)")
+
+
+def _lock(options: FetchOptions, name: str):
+    from mmcorpus.core.locks import hold_lock
+
+    return hold_lock(options.root, name, wait=options.wait_for_lock, command="mmcorpus fetch")
+
+
+def _record(root: Path, name: str, report: dict) -> None:
+    from mmcorpus.ops.status import record_run
+
+    record_run(root, name, report)
+
+
+def _check_disk(target: Target, options: FetchOptions) -> None:
+    """Refuse to start a download or extraction that cannot fit (sizes from the spec)."""
+    from mmcorpus.fetch.diskspace import ensure_space_for_fetch
+
+    keys = [f.key for f in target.files(options.all_files)]
+    if target.spec.kind == "collection":  # under --shard this machine fetches its share of the archives only
+        keys = shard_share(keys, options.images.shard)
+    # Per file system: images/ may be a symlink to another disk.
+    ensure_space_for_fetch([target.spec], options.root, only={target.spec.name: set(keys)})

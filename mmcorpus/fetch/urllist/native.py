@@ -1,0 +1,552 @@
+"""The URL-list engine: a TSV of (caption, url) rows -> images on disk + one status row per input row.
+
+Entry point: `fetch_url_list(spec, subset, tsv_path, root, options) -> UrlListSummary`.
+
+How the work is cut (img2dataset's lesson: the shard is the unit of work):
+- rows are read in a stream (mmcorpus.fetch.urllist.reader) and grouped into shards of `shard_size` rows by row index;
+- `--shard I/N` keeps shards with index % N == I (defaults from SLURM_ARRAY_TASK_ID / _COUNT);
+- a shard whose done marker covers its rows is skipped; otherwise a worker process fetches it with a
+  pool of network threads while one thread per process validates, resizes and stores what they bring
+  (ShardWorker._fetch_and_store), then writes its status parquet and, last, its done marker
+  (mmcorpus.fetch.urllist.shards);
+- rows already `ok` in an earlier status parquet are kept, final failures too; `retry_failed` re-fetches
+  the transient ones (schema.is_transient), never 404/410.
+Within a shard each distinct URL is fetched once; duplicate rows get their own copy of the file.
+
+How `mmcorpus fetch` calls it:
+
+    rewrite = UrlRewriter.from_args(mirror_args)     # mmcorpus.fetch.urls: --mirror FROM=TO ..., HF_ENDPOINT
+    options = UrlListOptions(workers=..., threads=..., timeout=..., resize=None or SIZE, limit=...,
+                             shard=(I, N) or None, retry_failed=..., allow_private_hosts=...,
+                             rewrite=rewrite, mirror_hosts=frozenset(rewrite.mirror_hosts()),
+                             progress=not quiet, total_hint=file_spec.records)
+    summary = fetch_url_list(spec, subset, <root>/downloads/<name>/<filename>, root, options)
+    summary.to_dict()  # for --json; summary.success_rate for --min-success
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import queue as queue_module
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from mmcorpus.core.atomicio import write_bytes_atomic
+from mmcorpus.fetch.urllist.shards import (
+    ShardPaths,
+    key_for,
+    read_marker,
+    read_status,
+    remove_stale_temporaries,
+    write_marker,
+    write_status,
+)
+from mmcorpus.errors import BadInputError, UsageError
+from mmcorpus.fetch.urllist.fetcher import Fetched, Fetcher, FetchPolicy
+from mmcorpus.core.imaging import CHECKS, DEFAULT_MAX_PIXELS, ImageRejected, prepare
+from mmcorpus.core.progress import CountProgress
+from mmcorpus.registry import Spec
+from mmcorpus.schema import is_transient
+from mmcorpus.fetch.urllist.reader import Malformed, Row, read_rows
+
+MALFORMED_LINES_KEPT = 20  # line numbers reported per reason; the counts are always complete
+
+
+# ----------------------------------------------------------------------------------------------- options
+
+
+def shard_from_env(environ: dict | None = None) -> tuple[int, int]:
+    """(I, N) from a Slurm job array, else (0, 1). Arrays may start at any index (--array=1-8)."""
+    env = os.environ if environ is None else environ
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        return index, int(env["SLURM_ARRAY_TASK_COUNT"])
+    return 0, 1
+
+
+@dataclass(frozen=True)
+class UrlListOptions:
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # processes; 1 = run in this process
+    threads: int = 64  # per process
+    host_connections: int = 16  # concurrent requests to one host, per process
+    timeout: float = 20.0  # total seconds per image, retries included
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    resize: int | None = None  # shorter side -> SIZE, aspect kept, JPEG; None keeps the original bytes
+    image_check: str = "decode"  # how kept original bytes are proven sound: mmcorpus.core.imaging.CHECKS
+    shard_size: int = 10_000
+    limit: int | None = None  # only rows with index < limit
+    shard: tuple[int, int] | None = None  # (I, N); None: from SLURM_ARRAY_TASK_ID/COUNT, else (0, 1)
+    retry_failed: bool = False
+    retries: int = 2
+    backoff: float = 0.5
+    max_redirects: int = 10
+    allow_private_hosts: bool = False
+    rewrite: Callable[[str], str] | None = None  # picklable, e.g. mmcorpus.fetch.urls.UrlRewriter
+    mirror_hosts: frozenset[str] = frozenset()  # hosts allowed although loopback/private (mirror targets)
+    respect_opt_out: bool = True
+    progress: bool = True
+    total_hint: int | None = None  # rows expected (e.g. FileSpec.records), for the progress bar
+
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy(
+            timeout=self.timeout, max_bytes=self.max_bytes, max_redirects=self.max_redirects,
+            retries=self.retries, backoff=self.backoff, respect_opt_out=self.respect_opt_out,
+            host_connections=self.host_connections, allowed_hosts=frozenset(self.mirror_hosts),
+            allow_private_hosts=self.allow_private_hosts,
+        )
+
+    def check(self) -> None:
+        if self.workers < 1 or self.threads < 1 or self.host_connections < 1:
+            raise UsageError("--workers, --threads and the per-host connection cap must be at least 1")
+        if self.shard_size < 1 or self.timeout <= 0 or self.max_bytes < 1:
+            raise UsageError("shard size, --timeout and the byte cap must be positive")
+        if self.resize is not None and self.resize < 1:
+            raise UsageError("--resize must be a positive number of pixels or none")
+        if self.image_check not in CHECKS:
+            raise UsageError(f"--image-check must be one of {', '.join(CHECKS)}, got {self.image_check!r}")
+        index, count = self.shard or (0, 1)
+        if not (count >= 1 and 0 <= index < count):
+            raise UsageError(f"--shard {index}/{count}: need 0 <= I < N")
+
+
+# ----------------------------------------------------------------------------------------------- summary
+
+
+@dataclass
+class UrlListSummary:
+    """What a run did. Counts cover every row of the selected shards, including those finished before."""
+
+    dataset: str
+    subset: str
+    rows: int = 0
+    ok: int = 0
+    failed: dict[str, int] = field(default_factory=dict)  # error word -> rows
+    bytes: int = 0  # stored bytes of the ok rows
+    fetched: int = 0  # rows fetched in this run (not kept from an earlier run)
+    fetched_ok: int = 0
+    seconds: float = 0.0
+    malformed: dict[str, int] = field(default_factory=dict)  # reason -> lines
+    malformed_lines: dict[str, list[int]] = field(default_factory=dict)  # reason -> first line numbers (1-based)
+    shards_done: list[int] = field(default_factory=list)  # finished by this run
+    shards_skipped: list[int] = field(default_factory=list)  # already finished, left alone
+
+    @property
+    def images_per_s(self) -> float:
+        """Images stored per second in this run."""
+        return self.fetched_ok / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def success_rate(self) -> float:
+        return self.ok / self.rows if self.rows else 0.0
+
+    def add_shard(self, stats: dict) -> None:
+        self.rows += stats["rows"]
+        self.ok += stats["ok"]
+        self.bytes += stats["bytes"]
+        for error, count in stats["failed"].items():
+            self.failed[error] = self.failed.get(error, 0) + count
+        self.fetched += stats.get("fetched", 0)
+        self.fetched_ok += stats.get("fetched_ok", 0)
+
+    def add_malformed(self, item: Malformed) -> None:
+        self.malformed[item.reason] = self.malformed.get(item.reason, 0) + 1
+        lines = self.malformed_lines.setdefault(item.reason, [])
+        if len(lines) < MALFORMED_LINES_KEPT:
+            lines.append(item.line)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["images_per_s"] = round(self.images_per_s, 2)
+        out["success_rate"] = round(self.success_rate, 4)
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------- jobs
+
+
+@dataclass
+class ShardJob:
+    paths: ShardPaths
+    end: int = 0  # one past the highest row index of the shard seen in the input (valid or malformed)
+    rows: list[Row] = field(default_factory=list)
+    malformed: list[Malformed] = field(default_factory=list)
+
+    def add(self, item: Row | Malformed) -> None:
+        (self.rows if isinstance(item, Row) else self.malformed).append(item)
+        self.end = max(self.end, item.index + 1)
+
+
+def shard_jobs(spec: Spec, subset: str, tsv_path: Path, root: Path, options: UrlListOptions,
+               summary: UrlListSummary) -> Iterator[ShardJob]:
+    """Cut the URL list into this task's shards (`--shard I/N`), in order, one at a time (bounded memory).
+    Malformed lines are counted into `summary` and kept with their shard. Both engines plan with this.
+
+    The column order is the file's `columns`, else the spec's `format.columns` (CC3M caption,url; CC12M
+    url,caption)."""
+    file_spec = spec.files.get(subset)
+    columns = tuple((file_spec.columns if file_spec is not None else ()) or spec.format_columns)
+    index, count = options.shard or shard_from_env()
+    size = options.shard_size
+    images_root = Path(root) / "images"
+    reported: list[Malformed] = []  # malformed lines the reader reported since the last row it yielded
+
+    def on_malformed(item: Malformed) -> None:
+        summary.add_malformed(item)
+        reported.append(item)
+
+    def wanted(row_index: int) -> bool:
+        return (row_index // size) % count == index
+
+    current: ShardJob | None = None
+    for row in _with_sentinel(read_rows(tsv_path, columns, on_malformed, stop=options.limit, wanted=wanted)):
+        items: list[Row | Malformed] = reported + ([row] if row is not None else [])  # in line order
+        reported.clear()
+        for item in items:
+            shard_index = item.index // size
+            if current is not None and current.paths.shard != shard_index:
+                yield current
+                current = None
+            if current is None:
+                current = ShardJob(ShardPaths(images_root, spec.name, subset, shard_index))
+            current.add(item)
+    if current is not None:
+        yield current
+
+
+def _with_sentinel(items: Iterator[Row]) -> Iterator[Row | None]:
+    """The rows, then None: malformed lines after the last row still reach their shard."""
+    yield from items
+    yield None
+
+
+def shard_already_done(job, options: UrlListOptions) -> dict | None:
+    """The shard's marker stats when nothing in it needs doing, else None (`job`: anything with `paths` and
+    `end`; the img2dataset engine asks too)."""
+    marker = read_marker(job.paths)
+    if marker is None or marker.get("end", 0) < job.end:
+        return None  # never finished, or finished for a shorter --limit
+    if options.retry_failed and marker.get("transient", 0):
+        return None
+    if marker.get("resize") != options.resize:
+        return None  # stored with another --resize: the images must be fetched again in the asked form
+    return marker
+
+
+def stored_with_same_resize(paths: ShardPaths, options: UrlListOptions) -> bool:
+    """Whether the shard's earlier images were stored with this run's --resize (from its done marker).
+
+    When not, the marker is removed at once, before keep_previous deletes any image: a run interrupted in
+    the middle of the switch must not leave a marker that a run with the old --resize would trust while its
+    images are gone or already replaced (keep_previous then finds out image by image)."""
+    if (read_marker(paths) or {}).get("resize", options.resize) == options.resize:
+        return True
+    paths.marker.unlink(missing_ok=True)
+    return False
+
+
+def keep_previous(old: dict, images_root: Path, options: UrlListOptions, same_form: bool) -> bool:
+    """An earlier status row that needs no new fetch (both engines' rule)."""
+    if old["status"] == "ok":
+        stored = images_root / old["image_path"] if old["image_path"] else None
+        if stored is not None and not same_form:  # another --resize: replace it (the extension may change)
+            stored.unlink(missing_ok=True)
+            return False
+        # The file must still be the one the row describes: deleted by the user, or replaced by an
+        # interrupted run with another --resize (same name, other bytes), it is fetched again.
+        return stored is not None and _size(stored) == old["bytes"]
+    return not (options.retry_failed and is_transient(old["error"], old["http_status"]))
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ entry
+
+
+def fetch_url_list(spec: Spec, subset: str, tsv_path: str | Path, root: str | Path,
+                   options: UrlListOptions | None = None) -> UrlListSummary:
+    """Fetch the images of one URL-list file (`spec.files[subset]`, already downloaded at `tsv_path`)
+    into <root>/images/<spec.name>/<subset>/ and return what happened. Idempotent: re-running finishes
+    what an interrupted run left and skips finished shards.
+
+    Rows are read as `shard_jobs` says. Raises UsageError for bad options; link rot is reported, never raised.
+    """
+    options = options or UrlListOptions()
+    options.check()
+    if not Path(tsv_path).is_file():
+        raise BadInputError(f"{tsv_path}: URL list not found (fetch the dataset's files first)")
+    file_spec = spec.files.get(subset)
+    shard = options.shard or shard_from_env()
+    summary = UrlListSummary(dataset=spec.name, subset=subset)
+    expected = options.limit or options.total_hint or (file_spec.records if file_spec is not None else None)
+    progress = CountProgress(f"{spec.name}/{subset}", total=expected and -(-expected // shard[1]),
+                             enabled=options.progress)
+    started = time.monotonic()
+    jobs = shard_jobs(spec, subset, Path(tsv_path), Path(root), options, summary)
+    try:
+        if options.workers <= 1:
+            _run_here(jobs, options, summary, progress)
+        else:
+            _run_pool(jobs, options, summary, progress)
+    finally:
+        progress.close()
+        summary.seconds = time.monotonic() - started
+    summary.shards_done.sort()
+    summary.shards_skipped.sort()
+    return summary
+
+
+def _needs_run(job: ShardJob, options: UrlListOptions, summary: UrlListSummary) -> bool:
+    """True when the job must run; a finished shard is counted from its marker instead."""
+    marker = shard_already_done(job, options)
+    if marker is None:
+        return True
+    summary.add_shard({**marker, "fetched": 0, "fetched_ok": 0})
+    summary.shards_skipped.append(job.paths.shard)
+    return False
+
+
+def _finish(stats: dict, summary: UrlListSummary) -> None:
+    summary.add_shard(stats)
+    summary.shards_done.append(stats["shard"])
+
+
+def _run_here(jobs: Iterator[ShardJob], options: UrlListOptions, summary: UrlListSummary,
+              progress: CountProgress) -> None:
+    """workers=1: everything in this process (tests, debugging, tiny lists)."""
+    worker = ShardWorker(options)
+    try:
+        for job in jobs:
+            if _needs_run(job, options, summary):
+                _finish(worker.run(job, progress.update), summary)
+    finally:
+        worker.close()
+
+
+def _run_pool(jobs: Iterator[ShardJob], options: UrlListOptions, summary: UrlListSummary,
+              progress: CountProgress) -> None:
+    """One process per worker, each fetching one shard at a time with its own thread pool. At most two
+    shards per worker are read ahead, so memory does not grow with the length of the list."""
+    # fork: workers inherit the options (including a user's rewrite callable) without pickling them.
+    context = multiprocessing.get_context("fork")
+    _load_lazy_imports()
+    updates = context.Queue()
+    pending: set[Future] = set()
+
+    def settle() -> None:
+        """Wait up to half a second for a shard to finish, keeping the progress display moving."""
+        nonlocal pending
+        done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+        _drain(updates, progress)
+        for future in done:
+            _finish(future.result(), summary)
+
+    with ProcessPoolExecutor(options.workers, mp_context=context, initializer=_init_worker,
+                             initargs=(options, updates)) as pool:
+        for job in jobs:
+            if not _needs_run(job, options, summary):
+                continue
+            while len(pending) >= 2 * options.workers:
+                settle()
+            pending.add(pool.submit(_run_in_worker, job))
+        while pending:
+            settle()
+    _drain(updates, progress)
+
+
+def _load_lazy_imports() -> None:
+    """pyarrow imports pandas (when it is installed) the first time it converts Python objects: ~0.5 s of CPU.
+    Done once here, before the fork, instead of once in every worker process when it writes its first
+    status parquet."""
+    import pyarrow as pa
+
+    pa.array([0])
+
+
+def _drain(updates, progress: CountProgress) -> None:
+    while True:
+        try:
+            ok, failed, nbytes = updates.get_nowait()
+        except queue_module.Empty:
+            return
+        progress.update(ok, failed, nbytes)
+
+
+# --------------------------------------------------------------------------------------- worker process
+
+_WORKER: "ShardWorker | None" = None
+_UPDATES = None
+
+
+def _init_worker(options: UrlListOptions, updates) -> None:
+    global _WORKER, _UPDATES
+    _WORKER, _UPDATES = ShardWorker(options), updates
+
+
+def _run_in_worker(job: ShardJob) -> dict:
+    batch = _Batcher(_UPDATES.put)
+    try:
+        return _WORKER.run(job, batch.update)
+    finally:
+        batch.flush()
+
+
+class _Batcher:
+    """Sends progress to the parent a few times a second, not once per image."""
+
+    def __init__(self, send: Callable[[tuple], None], every: float = 0.25):
+        self.send, self.every = send, every
+        self.counts = [0, 0, 0]
+        self.last = time.monotonic()
+
+    def update(self, ok: int, failed: int, nbytes: int) -> None:
+        self.counts = [self.counts[0] + ok, self.counts[1] + failed, self.counts[2] + nbytes]
+        if time.monotonic() - self.last >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if any(self.counts):
+            self.send(tuple(self.counts))
+        self.counts, self.last = [0, 0, 0], time.monotonic()
+
+
+class ShardWorker:
+    """Fetches shards: one Fetcher (keep-alive connections) and one thread pool for the process's life."""
+
+    def __init__(self, options: UrlListOptions):
+        self.options = options
+        self.fetcher = Fetcher(options.fetch_policy())
+        self.pool = ThreadPoolExecutor(options.threads, thread_name_prefix="fetch")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.fetcher.close()
+
+    def run(self, job: ShardJob, report: Callable[[int, int, int], None]) -> dict:
+        paths = job.paths
+        paths.image_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(paths)
+        status = self._kept_rows(job)
+        todo: dict[str, list[Row]] = {}
+        for row in job.rows:
+            if key_for(row.index) not in status:
+                todo.setdefault(row.url, []).append(row)
+        fetched, fetched_ok = self._fetch_and_store(paths, todo, status, report)
+        rows = [status[key_for(row.index)] for row in job.rows]
+        write_status(paths, rows)
+        stats = _shard_stats(job, rows, fetched, fetched_ok, self.options)
+        write_marker(paths, stats)  # last: the shard counts as done only from here on
+        return stats
+
+    def _fetch_and_store(self, paths: ShardPaths, todo: dict[str, list[Row]], status: dict[str, dict],
+                         report: Callable[[int, int, int], None]) -> tuple[int, int]:
+        """Fetch every URL of `todo` on the network threads; validate and store them on this thread.
+
+        One CPU thread per process: with dozens of threads decoding at once, caches and the allocator
+        thrash (measured on 2 cores: a fifth fewer images/s with resize, docs/benchmarks.md). `window`
+        bounds the bodies fetched but not yet stored, so memory stays flat when the CPU is the bottleneck.
+        Returns (rows fetched, rows stored ok); adds their status rows to `status`.
+        """
+        window = threading.Semaphore(2 * self.options.threads)
+        futures = [self.pool.submit(self._fetch_one, window, url, rows) for url, rows in todo.items()]
+        fetched = fetched_ok = 0
+        try:
+            for future in as_completed(futures):
+                rows, response = future.result()
+                try:
+                    results = self._store(paths, rows, response)
+                finally:
+                    window.release()
+                ok = sum(r["status"] == "ok" for r in results)
+                report(ok, len(results) - ok, sum(r["bytes"] or 0 for r in results if r["status"] == "ok"))
+                fetched, fetched_ok = fetched + len(results), fetched_ok + ok
+                status.update((r["key"], r) for r in results)
+        except BaseException:  # e.g. a full disk: let the queued fetches end instead of waiting forever
+            for future in futures:
+                future.cancel()
+            for _ in futures:
+                window.release()
+            raise
+        return fetched, fetched_ok
+
+    def _kept_rows(self, job: ShardJob) -> dict[str, dict]:
+        """Rows of an earlier status parquet that need no new fetch."""
+        kept = {}
+        previous = read_status(job.paths)
+        same_form = stored_with_same_resize(job.paths, self.options)
+        for row in job.rows:
+            key = key_for(row.index)
+            old = previous.get(key)
+            if old is not None and old["url"] == row.url and keep_previous(old, job.paths.images_root,
+                                                                           self.options, same_form):
+                kept[key] = {**old, "caption": row.caption}
+        return kept
+
+    def _fetch_one(self, window: threading.Semaphore, url: str, rows: list[Row]) -> tuple[list[Row], Fetched]:
+        """Network thread: fetch one URL once the window has room for its body."""
+        window.acquire()
+        try:
+            rewrite = self.options.rewrite
+            return rows, self.fetcher.fetch(rewrite(url) if rewrite else url)
+        except BaseException:
+            window.release()
+            raise
+
+    def _store(self, paths: ShardPaths, rows: list[Row], fetched: Fetched) -> list[dict]:
+        """CPU thread: validate the fetched bytes, store them once per row that names the URL."""
+        if fetched.error:
+            return [failed_row(row, fetched.error, fetched.http_status) for row in rows]
+        try:
+            prepared = prepare(fetched.data, self.options.resize, self.options.max_pixels, self.options.image_check)
+        except ImageRejected as rejected:
+            return [failed_row(row, rejected.error, fetched.http_status) for row in rows]
+        digest = hashlib.sha256(prepared.data).hexdigest()
+        out = []
+        for row in rows:
+            key = key_for(row.index)
+            write_bytes_atomic(paths.image_dir / f"{key}.{prepared.ext}", prepared.data)
+            out.append(dict(
+                key=key, url=row.url, caption=row.caption, status="ok", error=None,
+                http_status=fetched.http_status, bytes=len(prepared.data), width=prepared.width,
+                height=prepared.height, image_path=paths.image_relpath(key, prepared.ext), sha256=digest,
+            ))
+        return out
+
+
+def failed_row(row: Row, error: str, http_status: int | None) -> dict:
+    """The status row of a row that failed with `error` (a word of schema.ERRORS); both engines write these."""
+    return dict(key=key_for(row.index), url=row.url, caption=row.caption, status="failed", error=error,
+                http_status=http_status, bytes=None, width=None, height=None, image_path=None, sha256=None)
+
+
+def _shard_stats(job: ShardJob, rows: list[dict], fetched: int, fetched_ok: int, options: UrlListOptions) -> dict:
+    return shard_stats(job.paths.shard, job.end, rows, fetched, fetched_ok, job.malformed, options.resize)
+
+
+def shard_stats(shard: int, end: int, rows: list[dict], fetched: int, fetched_ok: int, malformed,
+                resize: int | None) -> dict:
+    """The done marker's content: counts by outcome of a shard's status rows (every engine writes this)."""
+    failed: dict[str, int] = {}
+    transient = 0
+    for row in rows:
+        if row["status"] != "ok":
+            failed[row["error"]] = failed.get(row["error"], 0) + 1
+            transient += is_transient(row["error"], row["http_status"])
+    ok = len(rows) - sum(failed.values())
+    return dict(
+        shard=shard, end=end, rows=len(rows), ok=ok, failed=failed, transient=transient,
+        bytes=sum(r["bytes"] or 0 for r in rows if r["status"] == "ok"), fetched=fetched, fetched_ok=fetched_ok,
+        malformed=[[m.line, m.reason] for m in malformed], resize=resize,
+    )

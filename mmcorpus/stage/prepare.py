@@ -1,0 +1,417 @@
+"""Stage mixes (configs/stages/*.yaml) and `prepare_stage`, which turns normalized datasets into a stage.
+
+A mix is a user-editable YAML file (see configs/stages/pretrain.yaml for every key). Loading is as strict as
+the registry: unknown keys, unknown datasets/subsets and impossible sampling rules are UsageErrors (exit 2)
+naming the file and the key.
+
+`prepare_stage` writes `<root>/stages/<stage>/`:
+    data/<stage>-NNNNN.parquet      the samples, UNIFIED_SCHEMA, row groups of `row_group_rows`
+    llava/<stage>.json              with formats "llava"
+    webdataset/<stage>-NNNNN.tar    with formats "webdataset"
+    report.html, manifest.json      counts per dataset, drops by reason, versions, the input fingerprint
+It is incremental and atomic: the inputs (normalized file names, sizes and mtimes, image-collection markers,
+the mix and the options) are fingerprinted, and a run whose fingerprint matches the manifest does nothing.
+Otherwise the stage is built in a temporary sibling folder and swapped in (old renamed aside, new renamed in,
+old deleted), so readers never see a half-written stage and a failed prepare leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+
+from mmcorpus.core.atomicio import read_json, write_json_atomic
+from mmcorpus import __version__
+from mmcorpus.stage.dedup import Deduper
+from mmcorpus.errors import UsageError
+from mmcorpus.stage.exports import write_llava_json, write_webdataset
+from mmcorpus.stage.imagecheck import ImageChecker
+from mmcorpus.core.locks import hold_lock
+from mmcorpus.registry import NAME_RE, Fields, Registry, as_int, as_str, config_dirs, did_you_mean, one_of, read_yaml
+from mmcorpus.stage.report import write_report
+from mmcorpus.stage.sampling import Rule, parse_rule
+from mmcorpus.stage.shards import StageWriter
+from mmcorpus.stage.build import Context, Entry, build_entry
+from mmcorpus.stage.stats import StageStats
+
+FORMATS = ("parquet", "llava", "webdataset")
+TEXT_ONLY = ("keep", "drop")
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------------------- mixes
+
+
+@dataclass(frozen=True)
+class MixEntry:
+    dataset: str
+    subset: str
+    rule: Rule
+    seed: int | None = None  # overrides the mix seed for this entry
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}/{self.subset}"
+
+
+@dataclass(frozen=True)
+class Mix:
+    name: str
+    source: Path
+    entries: tuple[MixEntry, ...]
+    description: str = ""
+    text_only: str = "keep"  # keep | drop text-only samples
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "source": str(self.source),
+            "text_only": self.text_only,
+            "seed": self.seed,
+            "datasets": [{"dataset": e.dataset, "subset": e.subset, "sample": str(e.rule), "seed": e.seed} for e in self.entries],
+        }
+
+
+def _entry(item, index: int, source: Path, registry: Registry) -> MixEntry:
+    f = Fields(item, f"datasets[{index}]", source)
+    dataset = f.get("dataset", as_str, required=True)
+    subset = f.get("subset", as_str, required=True)
+    rule = f.get("sample", parse_rule, Rule("all"))
+    seed = f.get("seed", as_int)
+    f.done()
+    spec = registry.specs.get(dataset)
+    if spec is None:
+        hint = did_you_mean(dataset, [s.name for s in registry.datasets()])
+        raise f.error("dataset", f"names unknown dataset '{dataset}'{hint}")
+    if spec.kind != "dataset":
+        raise f.error("dataset", f"names '{dataset}', which is an image collection, not a dataset")
+    if subset not in spec.files or spec.files[subset].role != "annotations":
+        known = ", ".join(k for k, v in spec.files.items() if v.role == "annotations")
+        raise f.error("subset", f"names unknown subset '{subset}' of {dataset} (known: {known})")
+    return MixEntry(dataset, subset, rule, seed)
+
+
+def parse_mix(data, source: Path, registry: Registry) -> Mix:
+    top = Fields(data, "", source)
+    name = top.get("name", as_str, required=True)
+    if not NAME_RE.match(name):
+        raise top.error("name", f"must be lower-case letters, digits, '_', '-' or '.', got {name!r}")
+    items = top.get("datasets", lambda v: v if isinstance(v, list) and v else _fail_list(), required=True)
+    entries = tuple(_entry(item, i, source, registry) for i, item in enumerate(items))
+    labels = [e.label for e in entries]
+    for i, label in enumerate(labels):
+        if label in labels[:i]:
+            raise top.error(f"datasets[{i}]", f"repeats {label}; list each dataset/subset once")
+    mix = Mix(
+        name=name,
+        source=source,
+        entries=entries,
+        description=top.get("description", as_str, ""),
+        text_only=top.get("text_only", one_of(*TEXT_ONLY), "keep"),
+        seed=top.get("seed", as_int, 0),
+    )
+    top.done()
+    return mix
+
+
+def _fail_list():
+    raise TypeError("must be a non-empty list of {dataset, subset, sample} entries")
+
+
+def load_mix(path: Path, registry: Registry) -> Mix:
+    return parse_mix(read_yaml(Path(path), "mix"), Path(path), registry)
+
+
+def stage_files(extra_dirs: Iterable[str | Path] = ()) -> dict[str, Path]:
+    """Known stage mixes by name: configs/stages/*.yaml, overridden by <config dir>/stages/*.yaml of users."""
+    found: dict[str, Path] = {}
+    for directory in config_dirs(extra_dirs):
+        for path in sorted((Path(directory) / "stages").glob("*.yaml")):
+            found[path.stem] = path
+    return found
+
+
+def resolve_mix(registry: Registry, stage: str | None, mix_file: str | Path | None, extra_dirs=()) -> tuple[str, Mix]:
+    """The stage name (the output folder) and its mix: `mix_file` if given, else the stage's built-in mix."""
+    if stage is not None and not NAME_RE.match(stage):
+        raise UsageError(f"bad stage name {stage!r}: use lower-case letters, digits, '_', '-' or '.'")
+    if mix_file is not None:
+        mix = load_mix(Path(mix_file), registry)
+        return stage or mix.name, mix
+    if stage is None:
+        raise UsageError("say which stage to prepare: --stage pretrain|finetune, or --mix FILE")
+    known = stage_files(extra_dirs)
+    if stage not in known:
+        raise UsageError(f"unknown stage '{stage}' (known: {', '.join(sorted(known))}); or pass your own --mix FILE")
+    return stage, load_mix(known[stage], registry)
+
+
+def select_entries(mix: Mix, datasets: Iterable[str] | None) -> tuple[MixEntry, ...]:
+    """`--datasets a,b:subset`: keep the entries of the mix named by dataset or dataset:subset."""
+    if not datasets:
+        return mix.entries
+    wanted = [d.replace(":", "/") for d in datasets]
+    for name in wanted:
+        if not any(name in (e.dataset, e.label) for e in mix.entries):
+            have = ", ".join(e.label for e in mix.entries)
+            raise UsageError(f"--datasets: '{name}' is not in mix '{mix.name}' (it has: {have})")
+    return tuple(e for e in mix.entries if e.dataset in wanted or e.label in wanted)
+
+
+# ------------------------------------------------------------------------------------------ inputs on disk
+
+
+def normalized_files(root: Path, dataset: str, subset: str) -> list[Path]:
+    """<root>/normalized/<dataset>/<subset>-NNNNN.parquet, in shard order (temporary files excluded)."""
+    pattern = re.compile(rf"^{re.escape(subset)}-\d{{5}}\.parquet$")
+    folder = Path(root) / "normalized" / dataset
+    return sorted(p for p in folder.glob(f"{subset}-*.parquet") if pattern.match(p.name)) if folder.is_dir() else []
+
+
+def _stat(path: Path, base: Path) -> list:
+    st = path.stat()
+    return [str(path.relative_to(base)), st.st_size, st.st_mtime_ns]
+
+
+def image_state(root: Path, registry: Registry, dataset: str, subset: str) -> list:
+    """What tells that images were added since: collection extraction markers, URL-list shard files/markers.
+    (Images copied in by hand without a marker are not noticed: use force=True.)"""
+    spec = registry.specs[dataset]
+    images = Path(root) / "images"
+    folders = [images / registry.specs[c].path / ".mmcorpus" for c in spec.collections if c in registry.specs]
+    if spec.images_from == "url":
+        folders.append(images / dataset / subset)
+    return [_stat(p, images) for folder in folders if folder.is_dir() for p in sorted(folder.iterdir()) if p.is_file()]
+
+
+
+
+def fingerprint(root: Path, registry: Registry, entries: list[Entry], mix: Mix, options: dict) -> str:
+    state = {
+        "inputs": [[e.label, [_stat(p, Path(root)) for p in e.files], image_state(root, registry, e.dataset, e.subset)] for e in entries],
+        "mix": mix.to_dict() | {"source": None},
+        "options": options,
+        "mmcorpus": __version__,
+        "manifest": MANIFEST_VERSION,
+    }
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------- folder handling
+
+
+def stage_dir(root: Path, stage: str) -> Path:
+    return Path(root) / "stages" / stage
+
+
+def read_manifest(root: Path, stage: str) -> dict | None:
+    """The manifest of a prepared stage, or None (for `status` and the no-op check)."""
+    return read_json(stage_dir(root, stage) / MANIFEST)
+
+
+def prepared_stages(root: Path) -> dict[str, dict]:
+    """The manifests of every prepared stage under <root>/stages, by name (for `status`)."""
+    folder = Path(root) / "stages"
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+    return {name: m for name in names if (m := read_manifest(root, name)) is not None}
+
+
+def _recover(final: Path) -> None:
+    """Clean up after a prepare that was killed: drop half-built folders; if it died between the two renames
+    of the swap, put the previous stage back."""
+    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    olds = sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not final.exists():
+        os.rename(olds.pop(), final)
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.rename(final, old)
+    os.rename(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ prepare
+
+
+@dataclass
+class _Plan:
+    """Everything one prepare run builds from."""
+
+    name: str
+    mix: Mix
+    entries: list[Entry]
+    missing: list[dict]
+    options: dict
+    stamp: str = ""
+
+
+def prepare_stage(
+    registry: Registry,
+    root: str | Path,
+    stage: str | None = None,
+    mix_file: str | Path | None = None,
+    datasets: Iterable[str] | None = None,
+    formats: Iterable[str] = ("parquet",),
+    seed: int | None = None,
+    *,
+    force: bool = False,
+    config_dirs: Iterable[str | Path] = (),
+    rows_per_shard: int = 500_000,
+    row_group_rows: int = 10_000,
+    samples_per_tar: int = 10_000,
+    workers: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Build (or leave as is) <root>/stages/<stage>/ and return its manifest.
+
+    The returned manifest has "unchanged": True when nothing changed since the last prepare. Raises UsageError
+    (exit 2) for a bad mix/option or when none of the stage's datasets is normalized on disk, LockedError
+    (exit 75) when another prepare of the same stage runs.
+    """
+    root = Path(root)
+    log = log or (lambda message: None)
+    name, mix = resolve_mix(registry, stage, mix_file, config_dirs)
+    formats = _check_formats(formats)
+    seed = mix.seed if seed is None else seed
+    chosen = select_entries(mix, datasets)
+    entries, missing = _locate(root, chosen, seed)
+    if not entries:
+        fetch = " ".join(dict.fromkeys(e.dataset for e in chosen))
+        raise UsageError(f"nothing fetched for stage {name}: run mmcorpus fetch {fetch} (then prepare again)")
+    options = {"formats": formats, "seed": seed, "rows_per_shard": rows_per_shard, "row_group_rows": row_group_rows,
+               "samples_per_tar": samples_per_tar, "datasets": [e.label for e in chosen]}
+    plan = _Plan(name, mix, entries, missing, options)
+    final = stage_dir(root, name)
+    with hold_lock(root, f"stages.{name}", command=f"prepare {name}"):  # exit 75 if another prepare runs
+        _recover(final)
+        plan.stamp = fingerprint(root, registry, entries, mix, options)
+        current = read_manifest(root, name)
+        if not force and current and current.get("fingerprint") == plan.stamp:
+            log(f"stage {name}: nothing changed since {current.get('created')}")
+            return {**current, "unchanged": True}
+        tmp = final.with_name(f".{name}.tmp-{os.getpid()}")
+        try:
+            tmp.mkdir(parents=True)
+            manifest = _build(registry, root, tmp, plan, workers, log)
+            _swap_in(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {**manifest, "unchanged": False}
+
+
+def upstream_failures(root: Path, dataset: str, subset: str) -> dict:
+    """What was lost before this stage, from the normalizer's `_<subset>.report.json`: records rejected by
+    reason, and for URL-list datasets the downloads that failed by reason (link rot). Empty when unknown."""
+    report = read_json(Path(root) / "normalized" / dataset / f"_{subset}.report.json")
+    if not isinstance(report, dict):
+        return {}
+    rejects = {k: v.get("count", 0) if isinstance(v, dict) else v for k, v in (report.get("rejects") or {}).items()}
+    failed = (report.get("source") or {}).get("failed") or {}
+    return {"records": report.get("records"), "rejected": rejects,
+            "download_failed": failed if isinstance(failed, dict) else {}}
+
+
+def _check_formats(formats: Iterable[str]) -> list[str]:
+    formats = list(dict.fromkeys(formats))
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise UsageError(f"unknown format '{fmt}': use {', '.join(FORMATS)} (parquet is always written)")
+    return ["parquet"] + [f for f in formats if f != "parquet"]
+
+
+def _locate(root: Path, chosen: Iterable[MixEntry], seed: int) -> tuple[list[Entry], list[dict]]:
+    entries, missing = [], []
+    for e in chosen:
+        files = normalized_files(root, e.dataset, e.subset)
+        if files:
+            entries.append(Entry(e.dataset, e.subset, e.rule, e.seed if e.seed is not None else seed, files))
+        else:
+            missing.append({"dataset": e.dataset, "subset": e.subset, "fetch": f"mmcorpus fetch {e.dataset}"})
+    return entries, missing
+
+
+def _build(registry: Registry, root: Path, out: Path, plan: _Plan, workers: int | None, log) -> dict:
+    """Write the whole stage into `out`: parquet shards, exports, report, and the manifest last."""
+    images_root = root / "images"
+    options = plan.options
+    writer = StageWriter(out / "data", plan.name, rows_per_shard=options["rows_per_shard"],
+                         row_group_rows=options["row_group_rows"], metadata=_file_metadata(registry, plan))
+    stats = StageStats(options["seed"])
+    summaries = []
+    with ImageChecker(images_root, workers=workers) as checker:
+        ctx = Context(checker, Deduper(), writer, stats, keep_text_only=plan.mix.text_only == "keep", log=log)
+        for entry in plan.entries:
+            log(f"stage {plan.name}: {entry.label} ({entry.rule})")
+            summary = build_entry(entry, ctx) | {"spec_version": registry.specs[entry.dataset].version}
+            summaries.append(summary | {"upstream": upstream_failures(root, entry.dataset, entry.subset)})
+    shards = writer.close()
+    outputs = {"parquet": {"folder": "data", "files": shards, "row_group_rows": writer.row_group_rows}}
+    outputs.update(_exports(out, [out / "data" / s["file"] for s in shards], images_root, plan, log))
+    manifest = _manifest(registry, plan, summaries, outputs, stats)
+    write_report(manifest, out, images_root)
+    write_json_atomic(out / MANIFEST, manifest, indent=2)
+    return manifest
+
+
+def _exports(out: Path, parquet_files: list[Path], images_root: Path, plan: _Plan, log) -> dict:
+    outputs, options = {}, plan.options
+    if "llava" in options["formats"]:
+        log(f"stage {plan.name}: writing the LLaVA JSON")
+        llava = write_llava_json(parquet_files, out / "llava" / f"{plan.name}.json", seed=options["seed"])
+        outputs["llava"] = llava | {"folder": "llava"}
+    if "webdataset" in options["formats"]:
+        log(f"stage {plan.name}: writing WebDataset shards")
+        tars = write_webdataset(parquet_files, out / "webdataset", images_root, stem=plan.name,
+                                per_shard=options["samples_per_tar"])
+        outputs["webdataset"] = tars | {"folder": "webdataset"}
+    return outputs
+
+
+def _file_metadata(registry: Registry, plan: _Plan) -> dict:
+    """Parquet key/value metadata (DESIGN.md §4, for a mix): the datasets with license and spec version."""
+    sources = [{"dataset": e.dataset, "subset": e.subset, "license": registry.specs[e.dataset].license,
+                "spec_version": registry.specs[e.dataset].version, "homepage": registry.specs[e.dataset].homepage}
+               for e in plan.entries]
+    return {"stage": plan.name, "datasets": json.dumps(sources), "fingerprint": plan.stamp}  # + mmcorpus_version
+
+
+def _manifest(registry: Registry, plan: _Plan, summaries: list[dict], outputs: dict, stats: StageStats) -> dict:
+    drops: dict[str, int] = {}
+    for s in summaries:
+        for reason, n in s["dropped"].items():
+            drops[reason] = drops.get(reason, 0) + n
+    return {
+        "stage": plan.name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "mmcorpus_version": __version__,
+        "fingerprint": plan.stamp,
+        "mix": plan.mix.to_dict(),
+        "options": plan.options,
+        "total": {
+            "rows": sum(s["rows"] for s in summaries),
+            "kept": sum(s["kept"] for s in summaries),
+            "not_sampled": sum(s["not_sampled"] for s in summaries),
+            "dropped": dict(sorted(drops.items(), key=lambda kv: -kv[1])),
+        },
+        "datasets": summaries,
+        "missing": plan.missing,
+        "spec_versions": {s["dataset"]: registry.specs[s["dataset"]].version for s in summaries},
+        "outputs": outputs,
+        "stats": stats.to_dict(),
+    }

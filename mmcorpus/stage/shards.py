@@ -1,0 +1,75 @@
+"""Read normalized parquet in batches and write a stage's parquet shards with full row groups.
+
+Training readers (HF datasets, torch IterableDatasets over pyarrow, DuckDB) read a row group at a time and
+shuffle within and across them, so row groups are kept small and uniform (10,000 rows by default, a few MB of
+text) and shards hold a whole number of row groups. The files are written by writers.ShardWriter (temporary
+name, then rename; zstd).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmcorpus.errors import BadInputError
+from mmcorpus.schema import UNIFIED_SCHEMA
+from mmcorpus.core.parquet import ShardWriter
+
+
+def read_batches(path: Path, batch_size: int = 8192, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """The rows of one normalized file as record batches in UNIFIED_SCHEMA (cast when types differ slightly),
+    or only its `columns` (a pass that does not need the text need not decode it)."""
+    schema = UNIFIED_SCHEMA if columns is None else pa.schema([UNIFIED_SCHEMA.field(name) for name in columns])
+    try:
+        parquet = pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise BadInputError(f"{path}: not a readable parquet file ({exc}); delete it and prepare again") from None
+    missing = [name for name in UNIFIED_SCHEMA.names if name not in parquet.schema_arrow.names]
+    if missing:
+        raise BadInputError(f"{path}: not in the unified schema (no column '{missing[0]}'); normalize it again")
+    for batch in parquet.iter_batches(batch_size=batch_size, columns=schema.names):
+        if not batch.schema.equals(schema):
+            try:
+                batch = pa.RecordBatch.from_arrays(
+                    [col.cast(field.type) for col, field in zip(batch.columns, schema)], schema=schema
+                )
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise BadInputError(f"{path}: column types differ from the unified schema ({exc})") from None
+        yield batch
+
+
+def count_rows(path: Path) -> int:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise BadInputError(f"{path}: not a readable parquet file ({exc}); delete it and prepare again") from None
+
+
+class StageWriter:
+    """The stage's parquet shards: writers.ShardWriter with shards of a whole number of `row_group_rows` row
+    groups (it gathers the filtered batches, of any size, into full groups), and one empty shard for a stage
+    without rows so that readers still see the schema."""
+
+    def __init__(self, folder: Path, stem: str, *, rows_per_shard: int, row_group_rows: int, metadata: dict):
+        row_group_rows = max(1, row_group_rows)
+        rows_per_shard = max(row_group_rows, rows_per_shard // row_group_rows * row_group_rows)
+        self.writer = ShardWriter(folder, stem, metadata, row_group_size=row_group_rows, rows_per_shard=rows_per_shard)
+
+    @property
+    def row_group_rows(self) -> int:
+        return self.writer.row_group_size
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.writer.write_batch(batch)
+
+    def close(self) -> list[dict]:
+        files = self.writer.close()
+        if not files:
+            self.writer.out_dir.mkdir(parents=True, exist_ok=True)  # ShardWriter makes it only for its first row
+            path = self.writer.out_dir / f"{self.writer.subset}-00000.parquet"
+            pq.write_table(self.writer.schema.empty_table(), path)
+            return [{"file": path.name, "rows": 0}]
+        return [{"file": f.name, "rows": rows} for f, rows in zip(files, self.writer.file_rows)]
