@@ -222,7 +222,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
         if "SLURM_ARRAY_TASK_ID" not in os.environ or "SLURM_ARRAY_TASK_COUNT" not in os.environ:
             return None
-        from mmcorpus.fetch.urllist.native import shard_from_env
+        from mmcorpus.fetch.urllist.plan import shard_from_env
 
         try:
             index, count = shard_from_env()

@@ -230,7 +230,8 @@ MMCORPUS_RUN = """
 import json, sys
 from pathlib import Path
 from mmcorpus.registry import Spec
-from mmcorpus.fetch.urllist.native import UrlListOptions, fetch_url_list
+from mmcorpus.fetch.urllist.native import fetch_url_list
+from mmcorpus.fetch.urllist.plan import UrlListOptions
 args = json.loads(sys.argv[1])
 spec = Spec(name="bench", kind="dataset", source=Path("bench"), format_columns=("caption", "url"))
 options = UrlListOptions(workers=args["workers"], threads=args["threads"], resize=args["resize"],

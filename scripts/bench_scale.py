@@ -37,7 +37,7 @@ RUN = """
 import json, sys, time
 from pathlib import Path
 args = json.loads(sys.argv[1])
-from mmcorpus.fetch.urllist.native import UrlListOptions
+from mmcorpus.fetch.urllist.plan import UrlListOptions
 from mmcorpus.fetch.urllist.executors import run_url_list
 from mmcorpus.registry import Spec
 spec = Spec(name="bench", kind="dataset", source=Path("bench"), format_columns=("caption", "url"))

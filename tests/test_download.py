@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from mmcorpus.fetch.files import DownloadOptions, download_file, gdrive_confirm_url
+from mmcorpus.fetch.files import DownloadOptions, download_file
+from mmcorpus.fetch.gdrive import gdrive_confirm_url
 from mmcorpus.errors import DownloadError, VerificationError
 from mmcorpus.demo.localmirror import Route
 from mmcorpus.registry import FileSpec

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mmcorpus.fetch.urllist.native import UrlListOptions, UrlListSummary, fetch_url_list
+from mmcorpus.fetch.urllist.native import fetch_url_list
+from mmcorpus.fetch.urllist.plan import UrlListOptions, UrlListSummary
 from mmcorpus.errors import MMCorpusError, UsageError
 from mmcorpus.fetch.urllist.executors import check_available, merge_summaries, run_url_list, task_shards
 from mmcorpus.demo.localmirror import Route

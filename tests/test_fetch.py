@@ -91,7 +91,7 @@ def test_collections_by_need_are_scanned_once_until_the_annotations_change(mirro
     with nothing changed must reuse the answer, a changed file must be read again."""
     import json
 
-    import mmcorpus.normalize.runner as normalize
+    import mmcorpus.fetch.run as fetch_run
 
     def records(folder: str) -> bytes:
         return json.dumps([{"id": i, "image": f"{folder}/{i}.jpg", "conversations": [
@@ -108,8 +108,8 @@ def test_collections_by_need_are_scanned_once_until_the_annotations_change(mirro
                                      "format: {type: llava}\nimages:\n  collections: [first, second]\n")
     monkeypatch.setenv("MMCORPUS_CONFIG_DIR", str(specs))
     scans = []
-    real_scan = normalize.dataset_image_paths
-    monkeypatch.setattr(normalize, "dataset_image_paths", lambda *a, **k: scans.append(a) or real_scan(*a, **k))
+    real_scan = fetch_run.dataset_image_paths
+    monkeypatch.setattr(fetch_run, "dataset_image_paths", lambda *a, **k: scans.append(a) or real_scan(*a, **k))
     root = tmp_path / "root"
 
     def needed() -> dict:

@@ -21,7 +21,8 @@ from PIL import Image
 from mmcorpus.fetch.urllist.img2dataset import (
     WORK_DIR, download_arguments, fetch_with_img2dataset, map_error, refused,
 )
-from mmcorpus.fetch.urllist.native import UrlListOptions, fetch_url_list
+from mmcorpus.fetch.urllist.native import fetch_url_list
+from mmcorpus.fetch.urllist.plan import UrlListOptions
 from mmcorpus.errors import UsageError
 from mmcorpus.fetch.urllist.executors import run_url_list
 from mmcorpus.registry import Spec

@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from mmcorpus import USER_AGENT
-from mmcorpus.fetch.urllist.native import UrlListOptions, fetch_url_list, shard_from_env
+from mmcorpus.fetch.urllist.native import fetch_url_list
+from mmcorpus.fetch.urllist.plan import UrlListOptions, shard_from_env
 from mmcorpus.errors import UsageError
 from mmcorpus.demo.localmirror import Route
 from mmcorpus.registry import Spec
@@ -414,7 +415,8 @@ def test_progress_line_on_non_tty(tmp_path, root, mirror, caplog):
 KILL_RUN = """
 import json, sys
 from pathlib import Path
-from mmcorpus.fetch.urllist.native import UrlListOptions, fetch_url_list
+from mmcorpus.fetch.urllist.native import fetch_url_list
+from mmcorpus.fetch.urllist.plan import UrlListOptions
 from mmcorpus.registry import Spec
 args = json.loads(sys.argv[1])
 spec = Spec(name="cc3m", kind="dataset", source=Path("cc3m.yaml"), format_columns=("caption", "url"))

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mmcorpus.fetch.urllist.native import UrlListOptions, fetch_url_list
+from mmcorpus.fetch.urllist.native import fetch_url_list
+from mmcorpus.fetch.urllist.plan import UrlListOptions
 from mmcorpus.demo.localmirror import LocalMirror, Route
 from mmcorpus.registry import Spec
 from urllist_helpers import jpeg

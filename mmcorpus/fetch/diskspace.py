@@ -1,4 +1,4 @@
-"""Free-space checks before large downloads and extractions: a clear error now, not a full disk half-way.
+"""What a fetch will write, checked against free space before large downloads and extractions: a clear error now, not a full disk half-way.
 
 A disk that fills up mid-run costs more than the run: a 20 GB archive cut at 19 GB, extraction stopped
 half-way, and on a shared data server every other user's jobs failing too. So fetch asks first:
@@ -20,60 +20,19 @@ count as zero: `unknown_sizes` names them. URL-list images are not counted (thei
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
-from mmcorpus.fetch.files import part_path
-from mmcorpus.fetch.collections import collection_dir
+from mmcorpus.core.diskspace import (
+    MARGIN,
+    MIN_MARGIN,
+    ensure_free_space,
+    existing_parent,
+)
 from mmcorpus.fetch.archives import Mapping, read_marker
-from mmcorpus.errors import MMCorpusError
-from mmcorpus.core.progress import human_bytes
+from mmcorpus.fetch.collections import collection_dir
+from mmcorpus.layout import part_path
 
 EXPANSION = 1.1
-MARGIN = 0.05  # keep 5% more than the estimate free...
-MIN_MARGIN = 1 << 30  # ...and at least 1 GiB: other users of a shared disk write too
-
-
-class DiskFullError(MMCorpusError):
-    """Not enough free space for what a run is about to write (exit 1)."""
-
-
-def free_bytes(path: Path) -> tuple[int, Path]:
-    """Free bytes on the file system that holds `path` (or would, once created), and its mount point."""
-    existing = _existing(path)
-    return shutil.disk_usage(existing).free, mount_point(existing)
-
-
-def _existing(path: Path) -> Path:
-    """`path` or its nearest existing parent: the root's sub-folders may not exist yet."""
-    existing = Path(path).absolute()
-    while not existing.exists():
-        existing = existing.parent
-    return existing
-
-
-def mount_point(path: Path) -> Path:
-    path = Path(path).absolute()
-    while not os.path.ismount(path) and path != path.parent:
-        path = path.parent
-    return path
-
-
-def ensure_free_space(path: Path, needed_bytes: int, *, margin: float = MARGIN, min_margin: int = MIN_MARGIN,
-                      what: str = "") -> None:
-    """Raise DiskFullError ("need X, have Y free on <fs>") unless `needed_bytes` plus a margin fit."""
-    if needed_bytes <= 0:
-        return
-    want = needed_bytes + max(int(needed_bytes * margin), min_margin)
-    free, mount = free_bytes(path)
-    if free < want:
-        label = f"{what}: " if what else ""
-        raise DiskFullError(f"{label}not enough disk space: need {human_bytes(want)} "
-                            f"({human_bytes(needed_bytes)} + margin), have {human_bytes(free)} free on {mount} "
-                            f"(for {path}); free some space or use another --root")
-
-
 def expected_bytes(spec, root: Path | None = None, *, only: set[str] | None = None,
                    expansion: float = EXPANSION) -> int:
     """Bytes a fetch of `spec` will still write: downloads plus, for collections, extracted members.
@@ -123,7 +82,7 @@ def ensure_space_for_fetch(specs, root: Path, *, only: dict[str, set[str]] | Non
 
 
 def _device(path: Path) -> int:
-    return _existing(path).stat().st_dev
+    return existing_parent(path).stat().st_dev
 
 
 def unknown_sizes(spec, *, only: set[str] | None = None) -> list[str]:

@@ -19,7 +19,6 @@ What it guards against, in the order a download meets it:
 from __future__ import annotations
 
 import email.utils
-import html
 import json
 import logging
 import os
@@ -29,17 +28,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
 from mmcorpus import USER_AGENT
 from mmcorpus.core.atomicio import read_json
-from mmcorpus.fetch import checksums as verify
-from mmcorpus.errors import DownloadError, VerificationError
+from mmcorpus.core.diskspace import MIN_MARGIN, ensure_free_space
 from mmcorpus.core.progress import ByteProgress
-from mmcorpus.registry import FileSpec
+from mmcorpus.errors import DownloadError, VerificationError
+from mmcorpus.fetch import checksums as verify
+from mmcorpus.fetch.gdrive import gdrive_confirm_url, page_title
 from mmcorpus.fetch.urls import UrlRewriter, local_path
+from mmcorpus.layout import part_meta_path, part_path
+from mmcorpus.registry import FileSpec
 
 log = logging.getLogger("mmcorpus.download")
 
@@ -160,7 +162,7 @@ def _finish(part: Path, final: Path, spec: FileSpec, digests: dict[str, str], la
         verify.check(spec, part.stat().st_size, digests, label)
     except VerificationError:
         aside = verify.move_aside(part)
-        _meta_path(part).unlink(missing_ok=True)
+        part_meta_path(part).unlink(missing_ok=True)
         raise VerificationError(f"{label}: downloaded file does not verify (kept as {aside}): "
                                 + _mismatch(spec, part=aside, digests=digests)) from None
     os.replace(part, final)
@@ -275,8 +277,6 @@ def _stream_body(response: requests.Response, spec_url: str, spec: FileSpec, par
     expected_total = _expected_total(response, offset)
     if expected_total and not spec.size:
         # Specs without a size (COCO's zip) escape fetch's free-space check: check once the server says.
-        from mmcorpus.fetch.diskspace import MIN_MARGIN, ensure_free_space
-
         ensure_free_space(part.parent, expected_total - offset, what=label,
                           min_margin=min(MIN_MARGIN, expected_total - offset))
     chunks = response.iter_content(CHUNK)
@@ -347,53 +347,18 @@ def _reject_html_page(response: requests.Response, first: bytes, spec: FileSpec,
     if confirm:
         raise _FollowPage(confirm)
     raise VerificationError(f"{label}: {response.url} sent an HTML page instead of the file "
-                            f"({_page_title(page)}); an expired link, a login wall or a viewer URL "
+                            f"({page_title(page)}); an expired link, a login wall or a viewer URL "
                             "(Hugging Face links must use /resolve/, not /blob/)", url=response.url)
 
 
-def gdrive_confirm_url(page: str, page_url: str, cookies=None) -> str | None:
-    """The real download URL behind a Google Drive 'can't scan for viruses' page, if this is one."""
-    form = re.search(r'<form[^>]*id="download-form"[^>]*action="([^"]+)"[^>]*>(.*?)</form>', page, re.S)
-    if form:
-        inputs = re.findall(r'<input[^>]*type="hidden"[^>]*name="([^"]+)"[^>]*value="([^"]*)"', form.group(2))
-        action = urljoin(page_url, html.unescape(form.group(1)))
-        return f"{action}?{urlencode([(n, html.unescape(v)) for n, v in inputs])}"
-    link = re.search(r'href="(/uc\?export=download[^"]*confirm=[^"]+)"', page)
-    if link:
-        return urljoin(page_url, html.unescape(link.group(1)))
-    for name, value in (cookies or {}).items():
-        if name.startswith("download_warning"):
-            sep = "&" if "?" in page_url else "?"
-            return f"{page_url}{sep}confirm={value}"
-    if "uc-error-subcaption" in page or "Quota exceeded" in page:
-        message = re.search(r'class="uc-error-subcaption">(.*?)<', page, re.S)
-        text = html.unescape(message.group(1)).strip() if message else "download quota exceeded"
-        raise DownloadError(f"{page_url}: Google Drive refused the download: {text}", url=page_url)
-    return None
-
-
-def _page_title(page: str) -> str:
-    match = re.search(r"<title>(.*?)</title>", page, re.S | re.I)
-    return f"title: {html.unescape(match.group(1)).strip()[:80]}" if match else "no title"
-
-
 # ----------------------------------------------------------------------------------- .part bookkeeping
-
-
-def part_path(final: Path) -> Path:
-    """Where the resumable partial download of `final` lives (status and the disk check read it too)."""
-    return final.with_name(final.name + ".part")
-
-
-def _meta_path(part: Path) -> Path:
-    return part.with_name(part.name + ".json")
 
 
 def _resume_point(part: Path, spec_url: str) -> tuple[int, str | None]:
     """Bytes already downloaded for this URL, and the validator to send with If-Range."""
     if not part.exists():
         return 0, None
-    meta = read_json(_meta_path(part), {})
+    meta = read_json(part_meta_path(part), {})
     if meta.get("url") != spec_url:  # a partial file of something else: never splice it
         _discard(part)
         return 0, None
@@ -403,15 +368,15 @@ def _resume_point(part: Path, spec_url: str) -> tuple[int, str | None]:
 def _write_meta(part: Path, spec_url: str, response: requests.Response) -> None:
     etag = response.headers.get("ETag")
     validator = etag if etag and not etag.startswith("W/") else response.headers.get("Last-Modified")
-    tmp = _meta_path(part).with_suffix(".tmp")
+    tmp = part_meta_path(part).with_suffix(".tmp")
     tmp.write_text(json.dumps({"url": spec_url, "validator": validator}))
-    os.replace(tmp, _meta_path(part))
+    os.replace(tmp, part_meta_path(part))
 
 
 def _discard(part: Path) -> None:
     part.unlink(missing_ok=True)
-    _meta_path(part).unlink(missing_ok=True)
-    _meta_path(part).with_suffix(".tmp").unlink(missing_ok=True)
+    part_meta_path(part).unlink(missing_ok=True)
+    part_meta_path(part).with_suffix(".tmp").unlink(missing_ok=True)
 
 
 def _expected_total(response: requests.Response, offset: int) -> int | None:

@@ -17,9 +17,16 @@ from typing import Any
 
 from mmcorpus import __version__
 from mmcorpus.core.atomicio import read_json, write_json_atomic
-from mmcorpus.fetch.files import DownloadOptions, download_file
-from mmcorpus.errors import EXIT_FAILED, MMCorpusError, UsageError
+from mmcorpus.core.locks import hold_lock
 from mmcorpus.core.progress import human_bytes, is_quiet
+from mmcorpus.core.runs import record_run
+from mmcorpus.errors import EXIT_FAILED, MMCorpusError, UsageError
+from mmcorpus.fetch.collections import collections_needed, fetch_collection
+from mmcorpus.fetch.diskspace import ensure_space_for_fetch
+from mmcorpus.fetch.files import DownloadOptions, download_file
+from mmcorpus.fetch.urllist import plan as urllist
+from mmcorpus.fetch.urllist.executors import run_url_list
+from mmcorpus.normalize.runner import dataset_image_paths
 from mmcorpus.registry import FileSpec, Registry, Spec
 
 log = logging.getLogger("mmcorpus.fetch")
@@ -178,8 +185,6 @@ def _download_all(spec: Spec, files: list[FileSpec], options: FetchOptions) -> l
 
 def _fetch_collection(target: Target, options: FetchOptions) -> dict:
     """The collection's archives (this machine's share of them under --shard), downloaded and extracted."""
-    from mmcorpus.fetch.collections import fetch_collection
-
     def download(file: FileSpec, dest: Path) -> Path:
         return download_file(file, dest, options.download, label=f"{target.spec.name}/{file.filename}").path
 
@@ -203,8 +208,6 @@ def shard_share(keys: list[str], shard: tuple[int, int] | None) -> list[str]:
 
 
 def _fetch_url_images(spec: Spec, file_report: dict, options: FetchOptions) -> dict:
-    from mmcorpus.fetch.urllist.executors import run_url_list
-
     file = spec.files[file_report["key"]]
     image = options.images
     summary = run_url_list(spec, file.key, Path(file_report["path"]), options.root, urllist_options(options),
@@ -215,8 +218,6 @@ def _fetch_url_images(spec: Spec, file_report: dict, options: FetchOptions) -> d
 
 def urllist_options(options: FetchOptions):
     """The URL-list engine's options from ours (mirror rules also decide which private hosts are allowed)."""
-    from mmcorpus.fetch.urllist import native as urllist
-
     image = options.images
     given = {k: v for k, v in vars(image).items()
              if v is not None and k not in ("engine", "executor", "ray_address", "tasks")}
@@ -240,9 +241,6 @@ def _collections_needed(registry: Registry, target: Target, report: dict, option
     cached = read_json(cache, {})
     needed = cached.get("needed") if cached.get("fingerprint") == fingerprint else None
     if needed is None:
-        from mmcorpus.fetch.collections import collections_needed
-        from mmcorpus.normalize.runner import dataset_image_paths
-
         image_paths = dataset_image_paths(spec, options.root, [key for key, _ in paths])
         needed = collections_needed(image_paths, candidates)["needed"]
         write_json_atomic(cache, {"fingerprint": fingerprint, "needed": needed})
@@ -292,27 +290,19 @@ def _shared_files_lock(name: str, options: FetchOptions):
 
     if options.images.shard is None:
         return contextlib.nullcontext()
-    from mmcorpus.core.locks import hold_lock
-
     return hold_lock(options.root, name, wait=True, poll=2.0, command="mmcorpus fetch (annotation files)")
 
 
 def _lock(options: FetchOptions, name: str):
-    from mmcorpus.core.locks import hold_lock
-
     return hold_lock(options.root, name, wait=options.wait_for_lock, command="mmcorpus fetch")
 
 
 def _record(root: Path, name: str, report: dict) -> None:
-    from mmcorpus.ops.status import record_run
-
     record_run(root, name, report)
 
 
 def _check_disk(target: Target, options: FetchOptions) -> None:
     """Refuse to start a download or extraction that cannot fit (sizes from the spec)."""
-    from mmcorpus.fetch.diskspace import ensure_space_for_fetch
-
     keys = [f.key for f in target.files(options.all_files)]
     if target.spec.kind == "collection":  # under --shard this machine fetches its share of the archives only
         keys = shard_share(keys, options.images.shard)

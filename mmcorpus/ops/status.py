@@ -7,14 +7,13 @@ Cron users run it often, on roots of many terabytes on network file systems, so 
 - URL-list images: counted from the status parquets' `status`/`error`/`bytes` columns only (one small read
   per shard), never by listing millions of image files;
 - collection images: one walk of the collection folder (file count and bytes);
-- the last run: `<root>/runs/<name>.json`, written by fetch through `record_run`;
+- the last run: `<root>/runs/<name>.json`, written by fetch through mmcorpus.core.runs;
 - a lock currently held on the name (a run in progress, or a crashed one).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -23,39 +22,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmcorpus.fetch.files import part_path
-from mmcorpus.core.atomicio import read_json, write_json_atomic
-from mmcorpus.fetch.collections import collection_dir
-from mmcorpus.fetch import checksums as verify
-from mmcorpus.fetch.archives import MARKER_DIR, Mapping, marker_path, read_marker
 from mmcorpus.core.locks import describe_locks
 from mmcorpus.core.progress import human_bytes
+from mmcorpus.core.runs import read_run
+from mmcorpus.fetch import checksums as verify
+from mmcorpus.fetch.archives import MARKER_DIR, Mapping, marker_path, read_marker
+from mmcorpus.fetch.collections import collection_dir
+from mmcorpus.layout import part_path
 from mmcorpus.registry import Registry, Spec
 
-RUNS_DIR = "runs"
 SHARD_DONE_SUFFIX = ".done"
 READ_THREADS = 4  # urllist_shards: <shard:05d>.done beside <shard:05d>.parquet, written last
-
-
-# ------------------------------------------------------------------------------------------ run records
-
-
-def record_run(root: Path, name: str, summary: dict) -> Path:
-    """Write `<root>/runs/<name>.json`: the summary of the run that just ended, plus when and where.
-
-    `summary` is the run's report; `status` shows its `result` (a short word), else `ok` (bool) as ok/failed,
-    else `exit_code`, and its `error` when the run failed.
-    Written to a unique temporary name and renamed: a reader never sees half a record, and two runs
-    finishing at once leave one whole record, not a mix.
-    """
-    path = Path(root) / RUNS_DIR / f"{name}.json"
-    record = {**summary, "name": name, "finished_at": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
-    write_json_atomic(path, record, indent=1, sort_keys=True)
-    return path
-
-
-def read_run(root: Path, name: str) -> dict | None:
-    return read_json(Path(root) / RUNS_DIR / f"{name}.json")
 
 
 # --------------------------------------------------------------------------------------------- collect

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from mmcorpus.fetch.urllist.img2dataset import fetch_with_img2dataset
-from mmcorpus.fetch.urllist.native import UrlListOptions, fetch_url_list
+from mmcorpus.fetch.urllist.native import fetch_url_list
+from mmcorpus.fetch.urllist.plan import UrlListOptions
 from mmcorpus.fetch.urllist.executors import run_url_list
 from mmcorpus.demo.localmirror import Route
 from mmcorpus.registry import Spec

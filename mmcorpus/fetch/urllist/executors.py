@@ -34,9 +34,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from mmcorpus.fetch.urllist.native import MALFORMED_LINES_KEPT, UrlListOptions, UrlListSummary, fetch_url_list, shard_from_env
 from mmcorpus.core.progress import CountProgress
 from mmcorpus.errors import MMCorpusError, UsageError
+from mmcorpus.fetch.urllist.img2dataset import DISTRIBUTORS, import_img2dataset
+from mmcorpus.fetch.urllist.native import fetch_url_list
+from mmcorpus.fetch.urllist.plan import (
+    MALFORMED_LINES_KEPT,
+    UrlListOptions,
+    UrlListSummary,
+    shard_from_env,
+)
 from mmcorpus.registry import Spec
 
 log = logging.getLogger("mmcorpus.executors")
@@ -56,7 +63,10 @@ def run_url_list(spec: Spec, subset: str, tsv_path: str | Path, root: str | Path
     options = options or UrlListOptions()
     check_available(executor, engine)
     if engine == "img2dataset":
-        from mmcorpus.fetch.urllist.img2dataset import DISTRIBUTORS, fetch_with_img2dataset
+        from mmcorpus.fetch.urllist.img2dataset import (
+            DISTRIBUTORS,
+            fetch_with_img2dataset,
+        )
 
         ray = _import_ray() if executor == "ray" else None
         owned = ray is not None and _connect_ray(ray, ray_address, tasks)  # its ray distributor needs ray.init done
@@ -79,8 +89,6 @@ def check_available(executor: str = "local", engine: str = "native") -> None:
     if engine not in ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "img2dataset":
-        from mmcorpus.fetch.urllist.img2dataset import DISTRIBUTORS, import_img2dataset
-
         if executor not in DISTRIBUTORS:
             raise UsageError(f"--engine img2dataset runs with --executor {', '.join(DISTRIBUTORS)}, got {executor!r}")
         import_img2dataset()

@@ -19,8 +19,14 @@ from dataclasses import dataclass
 from urllib.parse import urljoin
 
 from mmcorpus import USER_AGENT
+from mmcorpus.fetch.addresses import (
+    AddressPolicy,
+    BlockedURL,
+    ResolveTimeout,
+    Target,
+    parse_target,
+)
 from mmcorpus.schema import is_transient
-from mmcorpus.fetch.addresses import AddressPolicy, BlockedURL, ResolveTimeout, Target, parse_target
 
 REDIRECTS = (301, 302, 303, 307, 308)
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})

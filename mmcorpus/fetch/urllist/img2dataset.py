@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from array import array
 import ipaddress
 import os
 import re
@@ -57,6 +56,7 @@ import shutil
 import signal
 import sys
 import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -64,7 +64,10 @@ from typing import Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmcorpus.fetch.urllist.native import (
+from mmcorpus.core.imaging import JPEG_QUALITY
+from mmcorpus.errors import UsageError
+from mmcorpus.fetch.addresses import BlockedURL, is_public, parse_target
+from mmcorpus.fetch.urllist.plan import (
     UrlListOptions,
     UrlListSummary,
     failed_row,
@@ -75,14 +78,15 @@ from mmcorpus.fetch.urllist.native import (
     shard_stats,
     stored_with_same_resize,
 )
-from mmcorpus.fetch.urllist.shards import (
-    ShardPaths, key_for, read_status, write_marker, write_status,
-)
-from mmcorpus.errors import UsageError
-from mmcorpus.core.imaging import JPEG_QUALITY
-from mmcorpus.registry import Spec
 from mmcorpus.fetch.urllist.reader import Malformed, Row
-from mmcorpus.fetch.addresses import BlockedURL, is_public, parse_target
+from mmcorpus.fetch.urllist.shards import (
+    ShardPaths,
+    key_for,
+    read_status,
+    write_marker,
+    write_status,
+)
+from mmcorpus.registry import Spec
 
 DISTRIBUTORS = {"local": "multiprocessing", "ray": "ray", "pyspark": "pyspark"}  # --executor -> img2dataset's
 INSTALL = ("--engine img2dataset needs img2dataset, which is not installed in this Python: install it with "

@@ -19,7 +19,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmcorpus.core.atomicio import read_json, sweep_stale_temporaries, temporary_name, write_json_atomic
+from mmcorpus.core.atomicio import (
+    read_json,
+    sweep_stale_temporaries,
+    temporary_name,
+    write_json_atomic,
+)
 from mmcorpus.schema import STATUS_SCHEMA
 
 KEY_DIGITS = 9  # CC12M has 12.4M rows; 9 digits leave room for lists up to a billion rows
