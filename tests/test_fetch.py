@@ -10,7 +10,8 @@ from test_collections import zip_bytes
 
 from mmcorpus.fetch.files import DownloadOptions
 from mmcorpus.errors import LockedError
-from mmcorpus.fetch.run import FetchOptions, ImageOptions, fetch, shard_share
+from mmcorpus.fetch.options import FetchOptions
+from mmcorpus.fetch.run import fetch, shard_share
 from mmcorpus.core.locks import hold_lock
 from mmcorpus.registry import Registry
 
@@ -37,7 +38,7 @@ def tree(root: Path) -> dict[str, str]:
 
 
 def options(root: Path, shard=None) -> FetchOptions:
-    return FetchOptions(root=root, download=DownloadOptions(backoff=0.01), images=ImageOptions(shard=shard))
+    return FetchOptions(root=root, download=DownloadOptions(backoff=0.01), shard=shard)
 
 
 def test_shard_share_covers_every_item_once():

@@ -35,6 +35,7 @@ from PIL import Image
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 DEFAULT_MAX_PIXELS = 50_000_000  # ~8000 x 6000; a decode of that size already needs ~150 MB
 JPEG_QUALITY = 95
+MIN_RESIZE = 16  # --resize below this is a typo, not a training resolution
 CHECKS = ("decode", "structure")  # how stored original bytes are proven sound (module docstring)
 # Peak memory: a decode needs up to width * height * 4 bytes (max_pixels bounds it). The URL engine decodes on
 # one thread per process, so one such buffer per process at a time.

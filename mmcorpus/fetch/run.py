@@ -11,58 +11,25 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmcorpus import __version__
+from mmcorpus import __version__, layout
 from mmcorpus.core.atomicio import read_json, write_json_atomic
 from mmcorpus.core.locks import hold_lock
-from mmcorpus.core.progress import human_bytes, is_quiet
+from mmcorpus.core.progress import human_bytes
 from mmcorpus.core.runs import record_run
 from mmcorpus.errors import EXIT_FAILED, MMCorpusError, UsageError
 from mmcorpus.fetch.collections import collections_needed, fetch_collection
 from mmcorpus.fetch.diskspace import ensure_space_for_fetch
-from mmcorpus.fetch.files import DownloadOptions, download_file
-from mmcorpus.fetch.urllist import plan as urllist
+from mmcorpus.fetch.files import download_file
+from mmcorpus.fetch.options import FetchOptions
 from mmcorpus.fetch.urllist.executors import run_url_list
 from mmcorpus.normalize.runner import dataset_image_paths
 from mmcorpus.registry import FileSpec, Registry, Spec
 
 log = logging.getLogger("mmcorpus.fetch")
-
-
-@dataclass
-class ImageOptions:
-    """Options of the URL-list engine, passed through from the command line."""
-
-    workers: int | None = None
-    threads: int | None = None
-    limit: int | None = None
-    resize: int | None = None
-    image_check: str | None = None  # decode | structure (mmcorpus.core.imaging.CHECKS)
-    timeout: float | None = None
-    retry_failed: bool = False
-    shard: tuple[int, int] | None = None
-    allow_private_hosts: bool = False
-    respect_opt_out: bool = True
-    engine: str = "native"  # native | img2dataset
-    executor: str = "local"  # local | ray (| pyspark with the img2dataset engine): mmcorpus.fetch.urllist.executors
-    ray_address: str | None = None
-    tasks: int | None = None  # Ray tasks; None: the cluster's CPUs
-
-
-@dataclass
-class FetchOptions:
-    root: Path
-    download: DownloadOptions = field(default_factory=DownloadOptions)
-    images: ImageOptions = field(default_factory=ImageOptions)
-    no_images: bool = False
-    all_files: bool = False  # also the optional files (metadata, components, labels)
-    dry_run: bool = False
-    delete_archives: bool = False
-    manual_source: Path | None = None
-    wait_for_lock: bool = False
 
 
 @dataclass
@@ -101,6 +68,7 @@ def parse_targets(registry: Registry, names: list[str]) -> list[Target]:
 def fetch(registry: Registry, names: list[str], options: FetchOptions) -> dict[str, Any]:
     """Fetch every target; returns the report ({"targets": [...], "ok": bool}). Never raises for a
     download failure: it is recorded in the report, and the CLI turns it into exit code 1."""
+    options.check()
     targets = parse_targets(registry, names)
     if options.dry_run:
         return {"dry_run": True, "targets": [plan(t, options) for t in targets], "ok": True}
@@ -161,7 +129,7 @@ def _fetch_dataset(target: Target, options: FetchOptions) -> dict:
 
 
 def _download_all(spec: Spec, files: list[FileSpec], options: FetchOptions) -> list[dict]:
-    dest = options.root / "downloads" / spec.name
+    dest = layout.downloads_dir(options.root, spec.name)
     results = []
     for file in files:
         label = f"{spec.name}/{file.filename}"
@@ -170,7 +138,7 @@ def _download_all(spec: Spec, files: list[FileSpec], options: FetchOptions) -> l
             log.warning("%s: manual download: %s", label, file.manual)
             continue
         try:
-            result = download_file(file, dest, options.download, label=label)
+            result = download_file(file, dest, options.file_options(), label=label)
         except MMCorpusError as exc:
             if exc.exit_code != EXIT_FAILED:
                 raise
@@ -186,10 +154,10 @@ def _download_all(spec: Spec, files: list[FileSpec], options: FetchOptions) -> l
 def _fetch_collection(target: Target, options: FetchOptions) -> dict:
     """The collection's archives (this machine's share of them under --shard), downloaded and extracted."""
     def download(file: FileSpec, dest: Path) -> Path:
-        return download_file(file, dest, options.download, label=f"{target.spec.name}/{file.filename}").path
+        return download_file(file, dest, options.file_options(), label=f"{target.spec.name}/{file.filename}").path
 
-    keys = shard_share([f.key for f in target.files(options.all_files)], options.images.shard)
-    if not target.keys and not options.all_files and options.images.shard is None:
+    keys = shard_share([f.key for f in target.files(options.all_files)], options.shard)
+    if not target.keys and not options.all_files and options.shard is None:
         keys = None  # fetch_collection's own choice: also the optional manual archives (SA-1B tars) the user
         # placed in downloads/<name>/ or gave with --manual-source
     summary = fetch_collection(target.spec, options.root, download, delete_archives=options.delete_archives,
@@ -209,21 +177,10 @@ def shard_share(keys: list[str], shard: tuple[int, int] | None) -> list[str]:
 
 def _fetch_url_images(spec: Spec, file_report: dict, options: FetchOptions) -> dict:
     file = spec.files[file_report["key"]]
-    image = options.images
-    summary = run_url_list(spec, file.key, Path(file_report["path"]), options.root, urllist_options(options),
-                           executor=image.executor, engine=image.engine, ray_address=image.ray_address,
-                           tasks=image.tasks)
+    summary = run_url_list(spec, file.key, Path(file_report["path"]), options.root, options.url_list_options(),
+                           executor=options.executor, engine=options.engine, ray_address=options.ray_address,
+                           tasks=options.tasks)
     return {"subset": file.key, **summary.to_dict()}
-
-
-def urllist_options(options: FetchOptions):
-    """The URL-list engine's options from ours (mirror rules also decide which private hosts are allowed)."""
-    image = options.images
-    given = {k: v for k, v in vars(image).items()
-             if v is not None and k not in ("engine", "executor", "ray_address", "tasks")}
-    rewrite = options.download.rewrite
-    return urllist.UrlListOptions(rewrite=rewrite, mirror_hosts=frozenset(rewrite.mirror_hosts()),
-                                  progress=not is_quiet(), **given)
 
 
 def _collections_needed(registry: Registry, target: Target, report: dict, options: FetchOptions) -> list[str]:
@@ -236,7 +193,7 @@ def _collections_needed(registry: Registry, target: Target, report: dict, option
     spec = target.spec
     paths = sorted((f["key"], f["path"]) for f in report["files"] if f.get("path"))
     candidates = [registry.get(name) for name in spec.collections]
-    cache = Path(options.root) / "downloads" / spec.name / ".mmcorpus" / "collections-needed.json"
+    cache = layout.collections_needed_cache(options.root, spec.name)
     fingerprint = _needs_fingerprint(spec, paths, candidates)
     cached = read_json(cache, {})
     needed = cached.get("needed") if cached.get("fingerprint") == fingerprint else None
@@ -270,7 +227,7 @@ def plan(target: Target, options: FetchOptions) -> dict:
     return {
         "name": target.spec.name,
         "kind": target.spec.kind,
-        "files": [{"key": f.key, "filename": f.filename, "url": f.url and options.download.rewrite(f.url),
+        "files": [{"key": f.key, "filename": f.filename, "url": f.url and options.rewrite(f.url),
                    "size": f.size, "manual": f.manual} for f in files],
         "bytes": sum(f.size or 0 for f in files),
         "images": "url column" if target.spec.images_from == "url" else list(target.spec.collections),
@@ -279,7 +236,7 @@ def plan(target: Target, options: FetchOptions) -> dict:
 
 def _lock_name(name: str, options: FetchOptions) -> str:
     """One lock per root and name; under --shard, one per slice, so N machines sharing a root run together."""
-    shard = options.images.shard
+    shard = options.shard
     return name if shard is None else f"{name}.shard-{shard[0]}-of-{shard[1]}"
 
 
@@ -288,7 +245,7 @@ def _shared_files_lock(name: str, options: FetchOptions):
     others wait (their .part files are shared names). Without --shard the run's lock already covers them."""
     import contextlib
 
-    if options.images.shard is None:
+    if options.shard is None:
         return contextlib.nullcontext()
     return hold_lock(options.root, name, wait=True, poll=2.0, command="mmcorpus fetch (annotation files)")
 
@@ -305,6 +262,6 @@ def _check_disk(target: Target, options: FetchOptions) -> None:
     """Refuse to start a download or extraction that cannot fit (sizes from the spec)."""
     keys = [f.key for f in target.files(options.all_files)]
     if target.spec.kind == "collection":  # under --shard this machine fetches its share of the archives only
-        keys = shard_share(keys, options.images.shard)
+        keys = shard_share(keys, options.shard)
     # Per file system: images/ may be a symlink to another disk.
     ensure_space_for_fetch([target.spec], options.root, only={target.spec.name: set(keys)})

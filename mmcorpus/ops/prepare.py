@@ -13,12 +13,30 @@ import json
 from pathlib import Path
 from typing import Callable, Iterable
 
-from mmcorpus.core.atomicio import read_json, write_json_atomic
 from mmcorpus import __version__
+from mmcorpus.core.atomicio import read_json, write_json_atomic
+from mmcorpus.core.locks import hold_lock
 from mmcorpus.normalize.runner import normalize_subset
 from mmcorpus.registry import Registry
-from mmcorpus.core.locks import hold_lock
-from mmcorpus.stage.prepare import image_state, normalized_files, prepare_stage, resolve_mix, select_entries
+from mmcorpus.stage.prepare import (
+    image_state,
+    normalized_files,
+    prepare_stage,
+    resolve_mix,
+    select_entries,
+)
+from mmcorpus.stage.report import format_stage_summary
+
+
+def run(registry: Registry, root: Path, *, stage: str | None = None, mix_file: Path | None = None,
+        datasets: str | None = None, formats: Iterable[str] | None = None, seed: int | None = None,
+        force: bool = False, config_dirs: Iterable[Path] = (), workers: int | None = None,
+        log: Callable[[str], None] | None = None) -> dict:
+    """The command: `datasets` as typed (`a,b:subset`), `formats` the exports asked for besides parquet."""
+    formats = ["parquet", *[f for f in (formats or []) if f != "parquet"]]
+    return prepare(registry, root, stage=stage, mix_file=mix_file, datasets=[d for d in (datasets or "").split(",")
+                   if d] or None, formats=formats, seed=seed, force=force, config_dirs=config_dirs,
+                   workers=workers, log=log)
 
 
 def prepare(registry: Registry, root: Path, *, stage: str | None = None, mix_file: Path | None = None,
@@ -84,3 +102,18 @@ def _stat(path: Path) -> list | None:
     return [st.st_size, st.st_mtime_ns]
 
 
+# ---------------------------------------------------------------------------------------------- format
+
+
+def format_report(result: dict) -> str:
+    """What was normalized (or why not), then the stage's summary."""
+    lines = []
+    for label, report in result["normalize"].items():
+        status = report.get("status")
+        if status == "ok":
+            rejected = report.get("rejected", 0)
+            lines.append(f"normalized {label}: {report.get('rows', 0)} rows"
+                         + (f", {rejected} records rejected" if rejected else ""))
+        else:
+            lines.append(f"normalized {label}: {(status or '?').replace('_', ' ')}")
+    return "\n".join(lines) + ("\n\n" if lines else "") + format_stage_summary(result["manifest"])

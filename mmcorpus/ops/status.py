@@ -30,12 +30,21 @@ from mmcorpus.fetch.archives import MARKER_DIR, Mapping, marker_path, read_marke
 from mmcorpus.fetch.collections import collection_dir
 from mmcorpus.layout import part_path
 from mmcorpus.registry import Registry, Spec
+from mmcorpus.stage.prepare import prepared_stages
+from mmcorpus.stage.report import format_stage_summary
 
 SHARD_DONE_SUFFIX = ".done"
 READ_THREADS = 4  # urllist_shards: <shard:05d>.done beside <shard:05d>.parquet, written last
 
 
 # --------------------------------------------------------------------------------------------- collect
+
+
+def run(registry: Registry, root: Path, name: str | None = None) -> dict:
+    """The command: an unknown name is a usage error, not an empty report."""
+    if name is not None:
+        registry.get(name)
+    return collect_status(registry, root, name)
 
 
 def collect_status(registry: Registry, root: Path, name: str | None = None) -> dict:
@@ -252,3 +261,11 @@ def _details(item: dict) -> list[str]:
     for path in images.get("unreadable_shards", []):
         out.append(f"{name}: unreadable status parquet {path}")
     return out
+
+
+def format_report(report: dict, root: Path) -> str:
+    """The status table, then a summary of each prepared stage under `root`."""
+    lines = [format_status(report)]
+    for manifest in prepared_stages(root).values():
+        lines += ["", format_stage_summary(manifest)]
+    return "\n".join(lines)

@@ -26,7 +26,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmcorpus.fetch.collections import collection_dir
+from mmcorpus.errors import VerificationError
 from mmcorpus.fetch import checksums as verify
 from mmcorpus.fetch.archives import (
     MARKER_DIR,
@@ -36,13 +36,30 @@ from mmcorpus.fetch.archives import (
     marker_path,
     read_marker,
 )
-from mmcorpus.errors import VerificationError
-from mmcorpus.registry import Registry, Spec
+from mmcorpus.fetch.collections import collection_dir
+from mmcorpus.fetch.options import FetchOptions
+from mmcorpus.fetch.urls import UrlRewriter
+from mmcorpus.ops import fetch as fetch_command
 from mmcorpus.ops.status import SHARD_DONE_SUFFIX
+from mmcorpus.registry import Registry, Spec
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 BATCH = 64  # images per task: enough to amortise inter-process overhead, small enough to spread the work
 SKIP_DIRS = {MARKER_DIR, verify.REJECTED_DIR}  # our bookkeeping inside image folders
+
+
+def run(registry: Registry, root: Path, name: str | None = None, *, workers: int | None = None,
+        repair: bool = False, rewrite: UrlRewriter | None = None) -> dict:
+    """The command: verify, and with `repair` fetch again what was moved aside (through `rewrite`, --mirror);
+    the report's `repair` is that fetch's report and `ok` its outcome."""
+    if name is not None:
+        registry.get(name)
+    report = verify_root(registry, root, name, workers=workers, repair=repair)
+    if repair and report.get("refetch"):
+        options = FetchOptions(root=Path(root), rewrite=rewrite or UrlRewriter())
+        report["repair"], _ = fetch_command.run(registry, report["refetch"], options)
+        report["ok"] = report["repair"]["ok"]
+    return report
 
 
 def verify_root(registry: Registry, root: Path, name: str | None = None, *, workers: int | None = None,
@@ -276,3 +293,10 @@ def format_verify(report: dict, max_bad: int = 20) -> str:
         lines.append("to fetch again: " + " ".join(report["refetch"]))
     lines.append("all verified" if report["ok"] else "verification FAILED")
     return "\n".join(lines)
+
+
+def format_report(report: dict) -> str:
+    text = format_verify(report)
+    if report.get("repair"):
+        text += "\n" + fetch_command.format_report(report["repair"])
+    return text

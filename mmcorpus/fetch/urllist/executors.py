@@ -36,7 +36,11 @@ from pathlib import Path
 
 from mmcorpus.core.progress import CountProgress
 from mmcorpus.errors import MMCorpusError, UsageError
-from mmcorpus.fetch.urllist.img2dataset import DISTRIBUTORS, import_img2dataset
+from mmcorpus.fetch.urllist.img2dataset import (
+    DISTRIBUTORS,
+    fetch_with_img2dataset,
+    import_img2dataset,
+)
 from mmcorpus.fetch.urllist.native import fetch_url_list
 from mmcorpus.fetch.urllist.plan import (
     MALFORMED_LINES_KEPT,
@@ -63,11 +67,6 @@ def run_url_list(spec: Spec, subset: str, tsv_path: str | Path, root: str | Path
     options = options or UrlListOptions()
     check_available(executor, engine)
     if engine == "img2dataset":
-        from mmcorpus.fetch.urllist.img2dataset import (
-            DISTRIBUTORS,
-            fetch_with_img2dataset,
-        )
-
         ray = _import_ray() if executor == "ray" else None
         owned = ray is not None and _connect_ray(ray, ray_address, tasks)  # its ray distributor needs ray.init done
         try:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from mmcorpus.core.imaging import CHECKS, DEFAULT_MAX_PIXELS
+from mmcorpus.core.imaging import CHECKS, DEFAULT_MAX_PIXELS, MIN_RESIZE
 from mmcorpus.errors import UsageError
 from mmcorpus.fetch.urllist.fetcher import FetchPolicy
 from mmcorpus.fetch.urllist.reader import Malformed, Row, read_rows
@@ -73,8 +73,8 @@ class UrlListOptions:
             raise UsageError("--workers, --threads and the per-host connection cap must be at least 1")
         if self.shard_size < 1 or self.timeout <= 0 or self.max_bytes < 1:
             raise UsageError("shard size, --timeout and the byte cap must be positive")
-        if self.resize is not None and self.resize < 1:
-            raise UsageError("--resize must be a positive number of pixels or none")
+        if self.resize is not None and self.resize < MIN_RESIZE:
+            raise UsageError(f"--resize expects a size in pixels (>= {MIN_RESIZE}) or 'none', got {self.resize}")
         if self.image_check not in CHECKS:
             raise UsageError(f"--image-check must be one of {', '.join(CHECKS)}, got {self.image_check!r}")
         index, count = self.shard or (0, 1)
