@@ -86,6 +86,14 @@ def run_record(root: str | Path, name: str) -> Path:
     return Path(root) / RUNS / f"{name}.json"
 
 
+IMG2DATASET_WORK = ".img2dataset-work"  # under the root: same file system as the images, so moves are renames
+
+
+def img2dataset_work(root: str | Path) -> Path:
+    """Where `--engine img2dataset` lets img2dataset write before its output is moved into our layout."""
+    return Path(root) / IMG2DATASET_WORK
+
+
 def locks_dir(root: str | Path) -> Path:
     return Path(root) / LOCKS
 
@@ -152,3 +160,58 @@ def shard_marker(subset_dir: Path, shard: int) -> Path:
 def shard_image_relpath(dataset: str, subset: str, shard: int, key: str, ext: str) -> str:
     """Relative to <root>/images, as stored in the status parquet's image_path."""
     return f"{dataset}/{subset}/{shard_name(shard)}/{key}.{ext}"
+
+
+def shard_statuses(subset_dir: Path) -> list[Path]:
+    """The status parquets of a subset's shards, in shard order."""
+    return sorted(Path(subset_dir).glob("*.parquet"))
+
+
+def marker_of_status(status: Path) -> Path:
+    """A shard's done marker, from its status parquet."""
+    return status.with_suffix(DONE)
+
+
+def marker_of_image(image: Path) -> Path:
+    """`<subset>/<shard>/<key>.jpg` -> `<subset>/<shard>.done`"""
+    return image.parent.with_name(image.parent.name + DONE)
+
+
+# -------------------------------------------------------------------------------- normalized rows, stages
+
+
+def normalized_shard(out_dir: Path, subset: str, number: int, suffix: str = "parquet") -> Path:
+    """`<root>/normalized/<dataset>/<subset>-NNNNN.parquet` (also a stage's parquet shards)."""
+    return Path(out_dir) / f"{subset}-{number:05d}.{suffix}"
+
+
+def normalized_shards(out_dir: Path, subset: str) -> list[Path]:
+    """The subset's numbered shards in `out_dir` (nothing else that happens to share the prefix)."""
+    prefix = f"{subset}-"
+    return sorted(p for p in Path(out_dir).glob(f"{prefix}*.parquet")
+                  if p.name[len(prefix):-len(".parquet")].isdigit()) if Path(out_dir).is_dir() else []
+
+
+def stage_manifest(stage_folder: Path) -> Path:
+    return Path(stage_folder) / MANIFEST
+
+
+def stage_report(stage_folder: Path) -> Path:
+    return Path(stage_folder) / STAGE_REPORT
+
+
+def stage_building(final: Path, pid: int) -> Path:
+    """The hidden folder a stage is built in before it is swapped in (`.<stage>.tmp-<pid>`)."""
+    return final.with_name(f".{final.name}.tmp-{pid}")
+
+
+def stage_previous(final: Path, pid: int) -> Path:
+    """Where the previous stage waits during the swap (`.<stage>.old-<pid>`)."""
+    return final.with_name(f".{final.name}.old-{pid}")
+
+
+def stage_leftovers(final: Path) -> tuple[list[Path], list[Path]]:
+    """Folders a killed prepare may have left beside `final`: (half-built, previous stages oldest first)."""
+    building = list(final.parent.glob(f".{final.name}.tmp-*"))
+    previous = sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    return building, previous

@@ -17,16 +17,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from test_urllist import status_rows as urllist_status_rows
 
+from mmcorpus import layout
+from mmcorpus.errors import UsageError
+from mmcorpus.fetch.urllist.executors import run_url_list
 from mmcorpus.fetch.urllist.img2dataset import (
-    WORK_DIR, download_arguments, fetch_with_img2dataset, map_error, refused,
+    download_arguments,
+    fetch_with_img2dataset,
+    map_error,
+    refused,
 )
 from mmcorpus.fetch.urllist.native import fetch_url_list
 from mmcorpus.fetch.urllist.plan import UrlListOptions
-from mmcorpus.errors import UsageError
-from mmcorpus.fetch.urllist.executors import run_url_list
 from mmcorpus.registry import Spec
-from test_urllist import status_rows as urllist_status_rows
 
 CC12M = Spec(name="cc12m", kind="dataset", source=Path("cc12m.yaml"), format_columns=("url", "caption"))
 BASE = "http://images.example.org"
@@ -152,7 +156,7 @@ def test_output_converted_into_our_layout(tmp_path, root, capfd):
     assert (summary.rows, summary.ok, summary.shards_done, summary.malformed) == (13, 5, [0, 1, 2, 3], {"no_tab": 1})
     assert summary.failed == {"not_found": 2, "http_error": 1, "not_image": 1, "opted_out": 1, "timeout": 1,
                               "connection": 1, "blocked_url": 1}
-    assert not (root / WORK_DIR).exists()
+    assert not layout.img2dataset_work(root).exists()
     captured = capfd.readouterr()
     assert "Starting the downloading" not in captured.out and "Starting the downloading" in captured.err
 
@@ -180,7 +184,7 @@ def test_unfinished_shard_is_fetched_again_and_transient_failures_retried(tmp_pa
 def test_limit_and_shard_slice(tmp_path, root):
     tsv = write_list(tmp_path / "list.tsv")
     writer = I2dWriter()
-    other_slice = root / WORK_DIR / "cc12m-train-shard-0-of-2" / "input"  # machine 0 at work on a shared root
+    other_slice = layout.img2dataset_work(root) / "cc12m-train-shard-0-of-2" / "input"  # machine 0 at work on a shared root
     other_slice.mkdir(parents=True)
     summary = fetch_with_img2dataset(CC12M, "train", tsv, root, options(limit=10, shard=(1, 2)), download=writer)
     assert summary.shards_done == [1] and summary.rows == 3

@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-PART_SUFFIX = ".mmpart"
+from mmcorpus import layout
+
+PART_SUFFIX = layout.TEMP
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 _TEMP_OWNER = re.compile(r"\.([0-9a-f]{8})-(\d+)-\d+" + re.escape(PART_SUFFIX) + "$")
 FOREIGN_TEMP_MAX_AGE = 24 * 3600  # another host's temporary file untouched this long belongs to a dead run

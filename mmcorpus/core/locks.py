@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from mmcorpus import layout
 from mmcorpus.core.atomicio import pid_alive
 from mmcorpus.errors import LockedError, UsageError
 from mmcorpus.registry import NAME_RE
 
-LOCK_DIR = ".locks"
 DEFAULT_MAX_AGE = 6 * 3600.0  # seconds without a refresh before another host may break the lock
 DEFAULT_POLL = 5.0
 # A lock file whose JSON is not (yet) readable may be in the instant between O_EXCL and write(): it is only
@@ -71,7 +71,7 @@ class Holder:
 def lock_path(root: Path, name: str) -> Path:
     if not NAME_RE.match(name):  # the name becomes a file name: no '/', no '..'
         raise UsageError(f"invalid lock name {name!r}")
-    return Path(root) / LOCK_DIR / f"{name}.lock"
+    return layout.lock_path(root, name)
 
 
 def read_holder(root: Path, name: str) -> Holder | None:

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import mmcorpus
+from mmcorpus import layout
 from mmcorpus.core.atomicio import temporary_name
 from mmcorpus.schema import UNIFIED_SCHEMA
 
@@ -128,7 +129,7 @@ class ShardWriter:
 
     def _open_shard(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        final = self.out_dir / f"{self.subset}-{len(self.files):05d}.{self.fmt}"
+        final = layout.normalized_shard(self.out_dir, self.subset, len(self.files), self.fmt)
         self._final, self._tmp = final, temporary_name(final)
         if self.fmt == "arrow":
             self._writer = pa.ipc.new_file(str(self._tmp), self.schema)

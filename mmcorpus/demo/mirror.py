@@ -29,8 +29,8 @@ import yaml
 from PIL import Image, ImageDraw
 
 from mmcorpus.demo.localmirror import ROUTES_FILE
-from mmcorpus.registry import FileSpec, Registry, Spec, builtin_config_dir
 from mmcorpus.fetch.urls import gdrive_download_url
+from mmcorpus.registry import FileSpec, Registry, Spec, builtin_config_dir
 
 DATA = Path(__file__).parent / "data"
 

@@ -13,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from mmcorpus.demo.mirror import build_mirror
+from mmcorpus import layout
 from mmcorpus.demo.localmirror import LocalMirror
+from mmcorpus.demo.mirror import build_mirror
 
 URL_LIST = ["cc3m", "cc12m"]
 JSON_DATASETS = ["llava_instruct", "llava_pretrain", "llava_cc3m_595k", "sharegpt4v"]
@@ -73,14 +74,14 @@ def _run_step(title: str, args: list[str], root: Path, specs_dir: Path) -> int:
 
 def _summary(root: Path, out: Path, plan, failures: list, seconds: float) -> None:
     _say("=== Where everything is")
-    for label, path in (("raw files", root / "downloads"), ("images", root / "images"),
-                        ("normalized", root / "normalized"), ("stages", root / "stages")):
+    for label, path in (("raw files", root / layout.DOWNLOADS), ("images", layout.images_root(root)),
+                        ("normalized", root / layout.NORMALIZED), ("stages", layout.stages_root(root))):
         if path.exists():
-            count = sum(1 for p in path.rglob("*") if p.is_file() and ".mmcorpus" not in p.parts)
+            count = sum(1 for p in path.rglob("*") if p.is_file() and layout.BOOKKEEPING not in p.parts)
             _say(f"  {label:11} {path}  ({count} files)")
     _say(f"  {'demo specs':11} {out / 'specs'}")
     for stage in ("pretrain", "finetune"):
-        report = root / "stages" / stage / "report.html"
+        report = layout.stage_report(layout.stage_dir(root, stage))
         if report.exists():
             _say(f"  {stage + ' report':11} {report}  (open it in a browser)")
     faults = ", ".join(sorted(set(plan.web_faults.values())))

@@ -37,11 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
-from mmcorpus.core.atomicio import read_json, sweep_stale_temporaries, temporary_name, write_json_atomic
+from mmcorpus import layout
+from mmcorpus.core.atomicio import (
+    read_json,
+    sweep_stale_temporaries,
+    temporary_name,
+    write_json_atomic,
+)
 from mmcorpus.errors import BadInputError
 
 CHUNK = 1 << 20
-MARKER_DIR = ".mmcorpus"
 
 
 class ArchiveError(BadInputError):
@@ -101,7 +106,7 @@ class Member:
 
 
 def marker_path(archive_name: str, dest: Path) -> Path:
-    return Path(dest) / MARKER_DIR / f"{archive_name}.done"
+    return layout.archive_marker(dest, archive_name)
 
 
 def read_marker(archive_name: str, dest: Path, mapping: Mapping = Mapping()) -> dict | None:

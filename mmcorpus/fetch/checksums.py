@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+from mmcorpus import layout
 from mmcorpus.core.atomicio import sweep_stale_temporaries, write_json_atomic
 from mmcorpus.errors import VerificationError
 from mmcorpus.registry import FileSpec
@@ -90,7 +91,7 @@ def record_verified(path: Path, digests: dict[str, str]) -> None:
 
 
 def _cache_path(path: Path) -> Path:
-    return path.parent / ".mmcorpus" / f"{path.name}.verified.json"
+    return layout.verified_record(path)
 
 
 def _read_cache(path: Path) -> dict | None:
@@ -111,12 +112,9 @@ def _cache_matches_spec(record: dict, spec: FileSpec) -> bool:
     return all(digests.get(n) == getattr(spec, n) for n in ("sha256", "md5") if getattr(spec, n))
 
 
-REJECTED_DIR = ".rejected"  # beside the file that failed verification
-
-
 def move_aside(path: Path) -> Path:
     """Move a file that failed verification out of the way (never leave it at the final path)."""
-    rejected = path.parent / REJECTED_DIR
+    rejected = layout.rejected_dir(path.parent)
     rejected.mkdir(parents=True, exist_ok=True)
     target = rejected / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"
     os.replace(path, target)

@@ -20,7 +20,9 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterable
 
+from mmcorpus import layout
 from mmcorpus.core.atomicio import sweep_stale_temporaries, temporary_name
+from mmcorpus.errors import UsageError
 from mmcorpus.fetch.archives import (
     Limits,
     Mapping,
@@ -28,7 +30,6 @@ from mmcorpus.fetch.archives import (
     extract_archive,
     read_marker,
 )
-from mmcorpus.errors import UsageError
 
 # Collection folders swept for half-written files of killed runs during this fetch_collection call. The
 # sweep walks the whole folder, so it runs once per fetch and only when something is extracted: SA-1B's 51
@@ -47,7 +48,7 @@ Download = Callable[[object, Path], Path]
 
 
 def collection_dir(spec, root: Path) -> Path:
-    return Path(root) / "images" / spec.path
+    return layout.images_dir(root, spec.path)
 
 
 def fetch_collection(
@@ -68,7 +69,7 @@ def fetch_collection(
     "manual": instructions or None}. Status is one of: extracted, done (marker found, nothing to do),
     copied (manual image folder), missing (manual archive not provided).
     """
-    placed = Path(root) / "downloads" / spec.name  # where a user may put manual downloads by hand
+    placed = layout.downloads_dir(root, spec.name)  # where a user may put manual downloads by hand
     chosen = _chosen(spec, only, manual_source, placed)
     dest = collection_dir(spec, root)
     _swept.discard(dest)  # a new fetch: sweep again before its first extraction
@@ -103,7 +104,7 @@ def _chosen(spec, only, manual_source, placed: Path) -> list:
 def _fetch_one(spec, archive, root: Path, dest: Path, download: Download, delete: bool, limits: Limits) -> dict:
     mapping = Mapping.of(archive)
     done = read_marker(archive.filename, dest, mapping)
-    downloads = Path(root) / "downloads" / spec.name
+    downloads = layout.downloads_dir(root, spec.name)
     if done is not None:  # extracted before; the archive itself may be gone (delete_archives)
         if delete:  # a run killed between the marker and the deletion left the archive behind
             (downloads / archive.filename).unlink(missing_ok=True)

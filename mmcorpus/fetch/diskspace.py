@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmcorpus import layout
 from mmcorpus.core.diskspace import (
     MARGIN,
     MIN_MARGIN,
@@ -48,7 +49,7 @@ def space_needed(spec, root: Path | None = None, *, only: set[str] | None = None
     """expected_bytes split by the folder the bytes land in (downloads/<name>, images/<collection path>):
     the two may be on different file systems (images/ symlinked to a bigger disk)."""
     base = Path(root) if root is not None else Path(".")
-    needs = {base / "downloads" / spec.name: 0}
+    needs = {layout.downloads_dir(base, spec.name): 0}
     for file in _chosen(spec, only):
         if not file.size:
             continue
@@ -57,7 +58,7 @@ def space_needed(spec, root: Path | None = None, *, only: set[str] | None = None
                 continue
             dest = collection_dir(spec, base)
             needs[dest] = needs.get(dest, 0) + int(file.size * expansion)
-        needs[base / "downloads" / spec.name] += _still_to_download(spec, file, root)
+        needs[layout.downloads_dir(base, spec.name)] += _still_to_download(spec, file, root)
     return {path: n for path, n in needs.items() if n}
 
 
@@ -97,7 +98,7 @@ def _chosen(spec, only: set[str] | None) -> list:
 def _still_to_download(spec, file, root: Path | None) -> int:
     if root is None:
         return file.size
-    final = Path(root) / "downloads" / spec.name / file.filename
+    final = layout.download_path(root, spec.name, file.filename)
     if final.is_file() and final.stat().st_size == file.size:
         return 0
     part = part_path(final)

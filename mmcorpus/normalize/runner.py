@@ -27,11 +27,17 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from mmcorpus import layout
 from mmcorpus.core.atomicio import pid_alive, write_json_atomic
+from mmcorpus.core.parquet import (
+    ROW_GROUP_SIZE,
+    ROWS_PER_SHARD,
+    ShardWriter,
+    file_metadata,
+)
 from mmcorpus.errors import BadInputError
 from mmcorpus.normalize.formats import Job, Rejects, normalizer_module
 from mmcorpus.normalize.resolve import MAX_EXAMPLES, ImageResolver
-from mmcorpus.core.parquet import ROWS_PER_SHARD, ROW_GROUP_SIZE, ShardWriter, file_metadata
 
 MIN_SPLIT_BYTES = 64 << 20  # below this, one process is as fast as several
 MAX_WORKERS = 8
@@ -62,7 +68,7 @@ def normalize_subset(spec, file_spec, root: Path, *, workers: int | None = None,
                      row_group_size: int = ROW_GROUP_SIZE, rows_per_shard: int = ROWS_PER_SHARD) -> dict:
     started = time.perf_counter()
     module = normalizer_module(spec.format_type)
-    path = root / "downloads" / spec.name / file_spec.filename
+    path = layout.download_path(root, spec.name, file_spec.filename)
     plan = _Plan(spec, file_spec, root, path, row_group_size, rows_per_shard)
     if not module.has_input(plan.job()):
         return {"status": "not_downloaded", "input": str(path)}
@@ -79,7 +85,7 @@ def normalize_subset(spec, file_spec, root: Path, *, workers: int | None = None,
         shutil.rmtree(staging, ignore_errors=True)
     report = _subset_report(plan, parts, files, time.perf_counter() - started)
     # "_" prefix: pyarrow dataset readers skip it, so the folder still reads as one table
-    write_json_atomic(plan.out_dir / f"_{file_spec.key}.report.json", report, indent=1)
+    write_json_atomic(layout.normalize_report(plan.root, plan.spec.name, file_spec.key), report, indent=1)
     return report
 
 
@@ -104,7 +110,7 @@ class _Plan:
     out_dir: Path = field(init=False)
 
     def __post_init__(self):
-        self.out_dir = self.root / "normalized" / self.spec.name
+        self.out_dir = layout.normalized_dir(self.root, self.spec.name)
 
     @property
     def subset(self) -> str:
@@ -138,7 +144,7 @@ def _run_part(plan: _Plan, staging: Path, index: int, byte_range) -> dict:
     """Normalize one byte range. Range 0 writes final shards; others spill one Arrow file (record indices
     local to the range) for _finish_spill."""
     job = plan.job(byte_range)
-    resolver = ImageResolver(plan.root / "images")
+    resolver = ImageResolver(layout.images_root(plan.root))
     if index == 0:
         writer = plan.writer(staging, "part000")
     else:
@@ -258,11 +264,11 @@ def _publish(plan: _Plan, staging: Path, parts: list[dict]) -> list[Path]:
     # Each rename is atomic; a kill between two of them leaves new and old shards side by side. What makes the
     # next prepare normalize again is that its inputs marker (prepare.py) was removed before this run began.
     for number, path in enumerate(staged):
-        target = plan.out_dir / f"{plan.subset}-{number:05d}.parquet"
+        target = layout.normalized_shard(plan.out_dir, plan.subset, number)
         os.replace(path, target)
         final.append(target)
-    for old in plan.out_dir.glob(f"{plan.subset}-*.parquet"):
-        if old not in final and old.name[len(plan.subset) + 1 : -len(".parquet")].isdigit():
+    for old in layout.normalized_shards(plan.out_dir, plan.subset):
+        if old not in final:
             old.unlink()  # shards of a previous, longer output
     return final
 
@@ -316,7 +322,7 @@ def dataset_image_paths(spec, root: Path, subsets: list[str] | None = None):
     for key, file_spec in spec.files.items():
         if file_spec.role != "annotations" or (subsets is not None and key not in subsets):
             continue
-        plan = _Plan(spec, file_spec, Path(root), Path(root) / "downloads" / spec.name / file_spec.filename,
+        plan = _Plan(spec, file_spec, Path(root), layout.download_path(root, spec.name, file_spec.filename),
                      ROW_GROUP_SIZE, ROWS_PER_SHARD)
         if spec.format_type == "tsv" or not module.has_input(plan.job()):
             continue

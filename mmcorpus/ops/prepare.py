@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Callable, Iterable
 
-from mmcorpus import __version__
+from mmcorpus import __version__, layout
 from mmcorpus.core.atomicio import read_json, write_json_atomic
 from mmcorpus.core.locks import hold_lock
 from mmcorpus.normalize.runner import normalize_subset
@@ -62,7 +62,7 @@ def normalize_if_changed(registry: Registry, root: Path, dataset: str, subset: s
     file = spec.files[subset]
     if not _fetched(spec, file, root):
         return {"status": "not_fetched"}
-    marker = Path(root) / "normalized" / dataset / f"_{subset}.inputs.json"
+    marker = layout.normalize_inputs(root, dataset, subset)
     fingerprint = _inputs_fingerprint(registry, root, spec, file)
     if not force and read_json(marker, {}).get("fingerprint") == fingerprint and normalized_files(root, dataset, subset):
         return {"status": "unchanged"}
@@ -78,13 +78,12 @@ def normalize_if_changed(registry: Registry, root: Path, dataset: str, subset: s
 
 def _fetched(spec, file, root: Path) -> bool:
     if spec.images_from == "url":  # URL-list rows come from the engine's status shards
-        folder = Path(root) / "images" / spec.name / file.key
-        return folder.is_dir() and any(folder.glob("*.parquet"))
-    return (Path(root) / "downloads" / spec.name / file.filename).is_file()
+        return bool(layout.shard_statuses(layout.subset_images_dir(layout.images_root(root), spec.name, file.key)))
+    return layout.download_path(root, spec.name, file.filename).is_file()
 
 
 def _inputs_fingerprint(registry: Registry, root: Path, spec, file) -> str:
-    source = Path(root) / "downloads" / spec.name / file.filename
+    source = layout.download_path(root, spec.name, file.filename)
     state = {
         "annotations": _stat(source),
         "images": image_state(root, registry, spec.name, file.key),

@@ -22,18 +22,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmcorpus import layout
 from mmcorpus.core.locks import describe_locks
 from mmcorpus.core.progress import human_bytes
 from mmcorpus.core.runs import read_run
 from mmcorpus.fetch import checksums as verify
-from mmcorpus.fetch.archives import MARKER_DIR, Mapping, marker_path, read_marker
+from mmcorpus.fetch.archives import Mapping, marker_path, read_marker
 from mmcorpus.fetch.collections import collection_dir
 from mmcorpus.layout import part_path
 from mmcorpus.registry import Registry, Spec
 from mmcorpus.stage.prepare import prepared_stages
 from mmcorpus.stage.report import format_stage_summary
 
-SHARD_DONE_SUFFIX = ".done"
 READ_THREADS = 4  # urllist_shards: <shard:05d>.done beside <shard:05d>.parquet, written last
 
 
@@ -77,7 +77,7 @@ def spec_status(spec: Spec, root: Path) -> dict:
 
 
 def _file_status(spec: Spec, file, root: Path) -> dict:
-    path = root / "downloads" / spec.name / file.filename
+    path = layout.download_path(root, spec.name, file.filename)
     out = {"key": file.key, "filename": file.filename, "optional": file.optional, "expected_bytes": file.size,
            "bytes": 0}
     if spec.kind == "collection":
@@ -116,13 +116,13 @@ def url_images(dataset_dir: Path) -> dict:
               "unreadable_shards": [], "subsets": {}}
     for subset_dir in sorted(p for p in dataset_dir.glob("*") if p.is_dir()):
         sub = {"ok": 0, "failed": 0, "shards": 0, "shards_done": 0}
-        parquets = sorted(subset_dir.glob("*.parquet"))
+        parquets = layout.shard_statuses(subset_dir)
         # Threads overlap the per-file latency of a network file system; pyarrow releases the GIL.
         with ThreadPoolExecutor(READ_THREADS) as pool:
             all_counts = pool.map(_shard_counts, parquets)
         for parquet, counts in zip(parquets, all_counts):
             sub["shards"] += 1
-            sub["shards_done"] += parquet.with_suffix(SHARD_DONE_SUFFIX).exists()
+            sub["shards_done"] += layout.marker_of_status(parquet).exists()
             if counts is None:
                 totals["unreadable_shards"].append(str(parquet))
                 continue
@@ -164,7 +164,7 @@ def _folder_images(folder: Path) -> dict:
     while stack:
         with os.scandir(stack.pop()) as entries:
             for entry in entries:
-                if entry.name in (MARKER_DIR, verify.REJECTED_DIR):
+                if entry.name in (layout.BOOKKEEPING, layout.REJECTED):
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)

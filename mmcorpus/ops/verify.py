@@ -26,10 +26,10 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmcorpus import layout
 from mmcorpus.errors import VerificationError
 from mmcorpus.fetch import checksums as verify
 from mmcorpus.fetch.archives import (
-    MARKER_DIR,
     ArchiveError,
     Mapping,
     archive_members,
@@ -40,12 +40,11 @@ from mmcorpus.fetch.collections import collection_dir
 from mmcorpus.fetch.options import FetchOptions
 from mmcorpus.fetch.urls import UrlRewriter
 from mmcorpus.ops import fetch as fetch_command
-from mmcorpus.ops.status import SHARD_DONE_SUFFIX
 from mmcorpus.registry import Registry, Spec
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 BATCH = 64  # images per task: enough to amortise inter-process overhead, small enough to spread the work
-SKIP_DIRS = {MARKER_DIR, verify.REJECTED_DIR}  # our bookkeeping inside image folders
+SKIP_DIRS = {layout.BOOKKEEPING, layout.REJECTED}  # our bookkeeping inside image folders
 
 
 def run(registry: Registry, root: Path, name: str | None = None, *, workers: int | None = None,
@@ -94,7 +93,7 @@ def _verify_spec(spec: Spec, root: Path, pool: ProcessPoolExecutor, workers: int
             _verify_members(spec, archive, root, item)
         item["images"] = check_images(collection_dir(spec, root), root / "images", pool, workers, item["bad"])
     elif spec.images_from == "url":
-        dataset_dir = root / "images" / spec.name
+        dataset_dir = layout.images_dir(root, spec.name)
         item["images"] = check_images(dataset_dir, root / "images", pool, workers, item["bad"])
         item["images"]["missing"] = _missing_ok_rows(dataset_dir, root / "images", item["bad"])
     return item
@@ -104,7 +103,7 @@ def _verify_spec(spec: Spec, root: Path, pool: ProcessPoolExecutor, workers: int
 
 
 def _verify_download(spec: Spec, file, root: Path, item: dict) -> None:
-    path = root / "downloads" / spec.name / file.filename
+    path = layout.download_path(root, spec.name, file.filename)
     if not path.is_file():
         return
     checked = [n for n in ("size", "sha256", "md5") if getattr(file, n)] or ["nothing (no size or hash in spec)"]
@@ -123,7 +122,7 @@ def _verify_members(spec: Spec, archive, root: Path, item: dict) -> None:
     mapping = Mapping.of(archive)
     if read_marker(archive.filename, dest, mapping) is None:
         return  # not extracted (yet): nothing to compare
-    path = root / "downloads" / spec.name / archive.filename
+    path = layout.download_path(root, spec.name, archive.filename)
     entry = {"key": archive.key, "members": 0, "missing": 0, "checked": path.is_file()}
     if path.is_file():
         try:
@@ -253,7 +252,7 @@ def _repair(spec: Spec, item: dict, root: Path, report: dict) -> None:
         if bad["kind"] == "image" and spec.kind == "dataset":
             _shard_marker(path).unlink(missing_ok=True)
         if bad["kind"] == "shard":  # an unreadable status parquet: the engine redoes a shard without marker
-            path.with_suffix(SHARD_DONE_SUFFIX).unlink(missing_ok=True)
+            layout.marker_of_status(path).unlink(missing_ok=True)
     # A collection's bad download is one of its archives: without its marker, fetch downloads it again.
     if spec.kind == "collection" and any(b["kind"] in ("image", "member", "download") for b in item["bad"]):
         for archive in spec.archives:
@@ -263,7 +262,7 @@ def _repair(spec: Spec, item: dict, root: Path, report: dict) -> None:
 
 def _shard_marker(image: Path) -> Path:
     """<subset>/<shard>/<key>.jpg -> <subset>/<shard>.done"""
-    return image.parent.with_name(image.parent.name + SHARD_DONE_SUFFIX)
+    return layout.marker_of_image(image)
 
 
 # --------------------------------------------------------------------------------------------- format

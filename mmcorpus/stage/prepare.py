@@ -21,30 +21,37 @@ import datetime
 import hashlib
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-
+from mmcorpus import __version__, layout
 from mmcorpus.core.atomicio import read_json, write_json_atomic
-from mmcorpus import __version__
-from mmcorpus.stage.dedup import Deduper
+from mmcorpus.core.locks import hold_lock
 from mmcorpus.errors import UsageError
+from mmcorpus.registry import (
+    NAME_RE,
+    Fields,
+    Registry,
+    as_int,
+    as_str,
+    config_dirs,
+    did_you_mean,
+    one_of,
+    read_yaml,
+)
+from mmcorpus.stage.build import Context, Entry, build_entry
+from mmcorpus.stage.dedup import Deduper
 from mmcorpus.stage.exports import write_llava_json, write_webdataset
 from mmcorpus.stage.imagecheck import ImageChecker
-from mmcorpus.core.locks import hold_lock
-from mmcorpus.registry import NAME_RE, Fields, Registry, as_int, as_str, config_dirs, did_you_mean, one_of, read_yaml
 from mmcorpus.stage.report import write_report
 from mmcorpus.stage.sampling import Rule, parse_rule
 from mmcorpus.stage.shards import StageWriter
-from mmcorpus.stage.build import Context, Entry, build_entry
 from mmcorpus.stage.stats import StageStats
 
 FORMATS = ("parquet", "llava", "webdataset")
 TEXT_ONLY = ("keep", "drop")
-MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 
 
@@ -173,9 +180,7 @@ def select_entries(mix: Mix, datasets: Iterable[str] | None) -> tuple[MixEntry, 
 
 def normalized_files(root: Path, dataset: str, subset: str) -> list[Path]:
     """<root>/normalized/<dataset>/<subset>-NNNNN.parquet, in shard order (temporary files excluded)."""
-    pattern = re.compile(rf"^{re.escape(subset)}-\d{{5}}\.parquet$")
-    folder = Path(root) / "normalized" / dataset
-    return sorted(p for p in folder.glob(f"{subset}-*.parquet") if pattern.match(p.name)) if folder.is_dir() else []
+    return layout.normalized_shards(layout.normalized_dir(root, dataset), subset)
 
 
 def _stat(path: Path, base: Path) -> list:
@@ -187,8 +192,8 @@ def image_state(root: Path, registry: Registry, dataset: str, subset: str) -> li
     """What tells that images were added since: collection extraction markers, URL-list shard files/markers.
     (Images copied in by hand without a marker are not noticed: use force=True.)"""
     spec = registry.specs[dataset]
-    images = Path(root) / "images"
-    folders = [images / registry.specs[c].path / ".mmcorpus" for c in spec.collections if c in registry.specs]
+    images = layout.images_root(root)
+    folders = [layout.bookkeeping_dir(images / registry.specs[c].path) for c in spec.collections if c in registry.specs]
     if spec.images_from == "url":
         folders.append(images / dataset / subset)
     return [_stat(p, images) for folder in folders if folder.is_dir() for p in sorted(folder.iterdir()) if p.is_file()]
@@ -211,17 +216,17 @@ def fingerprint(root: Path, registry: Registry, entries: list[Entry], mix: Mix, 
 
 
 def stage_dir(root: Path, stage: str) -> Path:
-    return Path(root) / "stages" / stage
+    return layout.stage_dir(root, stage)
 
 
 def read_manifest(root: Path, stage: str) -> dict | None:
     """The manifest of a prepared stage, or None (for `status` and the no-op check)."""
-    return read_json(stage_dir(root, stage) / MANIFEST)
+    return read_json(layout.stage_manifest(stage_dir(root, stage)))
 
 
 def prepared_stages(root: Path) -> dict[str, dict]:
     """The manifests of every prepared stage under <root>/stages, by name (for `status`)."""
-    folder = Path(root) / "stages"
+    folder = layout.stages_root(root)
     names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
     return {name: m for name in names if (m := read_manifest(root, name)) is not None}
 
@@ -229,9 +234,9 @@ def prepared_stages(root: Path) -> dict[str, dict]:
 def _recover(final: Path) -> None:
     """Clean up after a prepare that was killed: drop half-built folders; if it died between the two renames
     of the swap, put the previous stage back."""
-    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+    building, olds = layout.stage_leftovers(final)
+    for tmp in building:
         shutil.rmtree(tmp, ignore_errors=True)
-    olds = sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime)
     if olds and not final.exists():
         os.rename(olds.pop(), final)
     for old in olds:
@@ -239,7 +244,7 @@ def _recover(final: Path) -> None:
 
 
 def _swap_in(new: Path, final: Path) -> None:
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    old = layout.stage_previous(final, os.getpid())
     if final.exists():
         os.rename(final, old)
     os.rename(new, final)
@@ -305,7 +310,7 @@ def prepare_stage(
         if not force and current and current.get("fingerprint") == plan.stamp:
             log(f"stage {name}: nothing changed since {current.get('created')}")
             return {**current, "unchanged": True}
-        tmp = final.with_name(f".{name}.tmp-{os.getpid()}")
+        tmp = layout.stage_building(final, os.getpid())
         try:
             tmp.mkdir(parents=True)
             manifest = _build(registry, root, tmp, plan, workers, log)
@@ -318,7 +323,7 @@ def prepare_stage(
 def upstream_failures(root: Path, dataset: str, subset: str) -> dict:
     """What was lost before this stage, from the normalizer's `_<subset>.report.json`: records rejected by
     reason, and for URL-list datasets the downloads that failed by reason (link rot). Empty when unknown."""
-    report = read_json(Path(root) / "normalized" / dataset / f"_{subset}.report.json")
+    report = read_json(layout.normalize_report(root, dataset, subset))
     if not isinstance(report, dict):
         return {}
     rejects = {k: v.get("count", 0) if isinstance(v, dict) else v for k, v in (report.get("rejects") or {}).items()}
@@ -348,7 +353,7 @@ def _locate(root: Path, chosen: Iterable[MixEntry], seed: int) -> tuple[list[Ent
 
 def _build(registry: Registry, root: Path, out: Path, plan: _Plan, workers: int | None, log) -> dict:
     """Write the whole stage into `out`: parquet shards, exports, report, and the manifest last."""
-    images_root = root / "images"
+    images_root = layout.images_root(root)
     options = plan.options
     writer = StageWriter(out / "data", plan.name, rows_per_shard=options["rows_per_shard"],
                          row_group_rows=options["row_group_rows"], metadata=_file_metadata(registry, plan))
@@ -365,7 +370,7 @@ def _build(registry: Registry, root: Path, out: Path, plan: _Plan, workers: int 
     outputs.update(_exports(out, [out / "data" / s["file"] for s in shards], images_root, plan, log))
     manifest = _manifest(registry, plan, summaries, outputs, stats)
     write_report(manifest, out, images_root)
-    write_json_atomic(out / MANIFEST, manifest, indent=2)
+    write_json_atomic(layout.stage_manifest(out), manifest, indent=2)
     return manifest
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from mmcorpus import layout
 from mmcorpus.core.imaging import to_rgb
 from mmcorpus.stage.build import DUPLICATES
 
@@ -81,7 +82,7 @@ def _output_summary(manifest: dict) -> list[str]:
         items.append(f"llava/{out['llava']['file']} ({_n(out['llava']['records'])} records)")
     if "webdataset" in out:
         items.append(f"{len(out['webdataset']['shards'])} tar shard(s) in webdataset/")
-    return items + ["report.html"]
+    return items + [layout.STAGE_REPORT]
 
 
 # ------------------------------------------------------------------------------------------------ charts
@@ -189,7 +190,7 @@ mmcorpus {_e(manifest['mmcorpus_version'])} · fingerprint <code>{_e(manifest['f
 
 def write_report(manifest: dict, stage_dir: Path, images_root: Path) -> Path:
     """Written in place: the stage folder is a temporary one until stages.prepare_stage swaps it in."""
-    path = Path(stage_dir) / "report.html"
+    path = layout.stage_report(stage_dir)
     path.write_text(render_report(manifest, Path(images_root)), encoding="utf-8")
     return path
 

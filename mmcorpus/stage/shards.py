@@ -14,9 +14,10 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmcorpus import layout
+from mmcorpus.core.parquet import ShardWriter
 from mmcorpus.errors import BadInputError
 from mmcorpus.schema import UNIFIED_SCHEMA
-from mmcorpus.core.parquet import ShardWriter
 
 
 def read_batches(path: Path, batch_size: int = 8192, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
@@ -69,7 +70,7 @@ class StageWriter:
         files = self.writer.close()
         if not files:
             self.writer.out_dir.mkdir(parents=True, exist_ok=True)  # ShardWriter makes it only for its first row
-            path = self.writer.out_dir / f"{self.writer.subset}-00000.parquet"
+            path = layout.normalized_shard(self.writer.out_dir, self.writer.subset, 0)
             pq.write_table(self.writer.schema.empty_table(), path)
             return [{"file": path.name, "rows": 0}]
         return [{"file": f.name, "rows": rows} for f, rows in zip(files, self.writer.file_rows)]

@@ -64,6 +64,7 @@ from typing import Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmcorpus import layout
 from mmcorpus.core.imaging import JPEG_QUALITY
 from mmcorpus.errors import UsageError
 from mmcorpus.fetch.addresses import BlockedURL, is_public, parse_target
@@ -92,7 +93,6 @@ DISTRIBUTORS = {"local": "multiprocessing", "ray": "ray", "pyspark": "pyspark"} 
 INSTALL = ("--engine img2dataset needs img2dataset, which is not installed in this Python: install it with "
            "mmcorpus in a virtual environment of its own (it pins old opencv, albumentations and webdataset): "
            "python3 -m venv i2d && i2d/bin/pip install 'mmcorpus[img2dataset]'")
-WORK_DIR = ".img2dataset-work"  # under the root: same file system as the images, so moves are renames
 INPUT_COLUMNS = ["mm_index", "mm_url"]  # saved by img2dataset next to its own columns
 ENCODE_FORMAT = "jpg"  # img2dataset names every stored image <key>.jpg
 
@@ -149,7 +149,7 @@ def plan_shards(spec: Spec, subset: str, tsv_path: Path, root: Path, options: Ur
                 input_dir: Path, summary: UrlListSummary) -> Iterator[ShardPlan]:
     """Step 1 and 2: yield each of this run's shards that needs work, with its img2dataset input file
     written (when it has rows to fetch). Finished shards are counted into `summary` and not yielded."""
-    images_root = root / "images"
+    images_root = layout.images_root(root)
     for job in shard_jobs(spec, subset, tsv_path, root, options, summary):
         plan = ShardPlan(job.paths, end=job.end, indices=array("q", (row.index for row in job.rows)),
                          malformed=job.malformed)
@@ -329,7 +329,7 @@ def fetch_with_img2dataset(spec: Spec, subset: str, tsv_path: str | Path, root: 
     slice_ = f"-shard-{index}-of-{count}" if count > 1 else ""
     # A killed run's leftovers. Fetch holds the lock of this name and --shard slice, so the folder is ours:
     # slices sharing a root (one per machine) each have their own.
-    work = root / WORK_DIR / f"{spec.name}-{subset}{slice_}"
+    work = layout.img2dataset_work(root) / f"{spec.name}-{subset}{slice_}"
     shutil.rmtree(work, ignore_errors=True)
     input_dir, output = work / "input", work / "output"
     input_dir.mkdir(parents=True)
@@ -355,7 +355,7 @@ def fetch_with_img2dataset(spec: Spec, subset: str, tsv_path: str | Path, root: 
     finally:
         shutil.rmtree(work, ignore_errors=True)
         with contextlib.suppress(OSError):
-            (root / WORK_DIR).rmdir()
+            layout.img2dataset_work(root).rmdir()
         summary.seconds = time.monotonic() - started
     summary.shards_done.sort()
     summary.shards_skipped.sort()

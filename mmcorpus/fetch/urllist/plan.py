@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from mmcorpus import layout
 from mmcorpus.core.imaging import CHECKS, DEFAULT_MAX_PIXELS, MIN_RESIZE
 from mmcorpus.errors import UsageError
 from mmcorpus.fetch.urllist.fetcher import FetchPolicy
@@ -161,7 +162,7 @@ def shard_jobs(spec: Spec, subset: str, tsv_path: Path, root: Path, options: Url
     columns = tuple((file_spec.columns if file_spec is not None else ()) or spec.format_columns)
     index, count = options.shard or shard_from_env()
     size = options.shard_size
-    images_root = Path(root) / "images"
+    images_root = layout.images_root(root)
     reported: list[Malformed] = []  # malformed lines the reader reported since the last row it yielded
 
     def on_malformed(item: Malformed) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmcorpus import layout
 from mmcorpus.core.atomicio import (
     read_json,
     sweep_stale_temporaries,
@@ -44,11 +45,11 @@ class ShardPaths:
 
     @property
     def name(self) -> str:
-        return f"{self.shard:05d}"
+        return layout.shard_name(self.shard)
 
     @property
     def subset_dir(self) -> Path:
-        return self.images_root / self.dataset / self.subset
+        return layout.subset_images_dir(self.images_root, self.dataset, self.subset)
 
     @property
     def image_dir(self) -> Path:
@@ -56,11 +57,11 @@ class ShardPaths:
 
     @property
     def parquet(self) -> Path:
-        return self.subset_dir / f"{self.name}.parquet"
+        return layout.shard_status(self.subset_dir, self.shard)
 
     @property
     def marker(self) -> Path:
-        return self.subset_dir / f"{self.name}.done"
+        return layout.shard_marker(self.subset_dir, self.shard)
 
     def image_relpath(self, key: str, ext: str) -> str:
         """Relative to <root>/images, as stored in the status parquet's image_path."""

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mmcorpus import layout
 from mmcorpus.normalize.formats import Job
 from mmcorpus.schema import UNIFIED_SCHEMA
 
@@ -25,7 +26,7 @@ COLUMNS = ["key", "url", "caption", "status", "error", "width", "height", "image
 
 
 def status_files(root: Path, dataset: str, subset: str) -> list[Path]:
-    folder = Path(root) / "images" / dataset / subset
+    folder = layout.subset_images_dir(layout.images_root(root), dataset, subset)
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if SHARD_NAME.match(p.name))
