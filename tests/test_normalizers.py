@@ -9,16 +9,22 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import SAMPLES
+
 from mmcorpus.errors import EXIT_USAGE, BadInputError
-from mmcorpus.normalize.runner import dataset_image_paths, normalize_dataset
-from mmcorpus.normalize.formats import Job, normalizer_module
-from mmcorpus.normalize.jsonarray import iter_json_array, split_points
+from mmcorpus.normalize.formats import normalizer_module
 from mmcorpus.normalize.formats.llava import convert
 from mmcorpus.normalize.formats.llava import normalize as normalize_llava
+from mmcorpus.normalize.job import Job
+from mmcorpus.normalize.jsonarray import iter_json_array, split_points
+from mmcorpus.normalize.resolve import (
+    ImageResolver,
+    decode_escapes,
+    is_unsafe_path,
+    sniff_format,
+)
+from mmcorpus.normalize.runner import dataset_image_paths, normalize_dataset
 from mmcorpus.registry import parse_spec
-from mmcorpus.normalize.resolve import ImageResolver, decode_escapes, is_unsafe_path, sniff_format
 from mmcorpus.schema import STATUS_SCHEMA, UNIFIED_SCHEMA
 
 

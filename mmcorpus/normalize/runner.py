@@ -36,7 +36,8 @@ from mmcorpus.core.parquet import (
     file_metadata,
 )
 from mmcorpus.errors import BadInputError
-from mmcorpus.normalize.formats import Job, Rejects, normalizer_module
+from mmcorpus.normalize.formats import normalizer_module
+from mmcorpus.normalize.job import Job, Rejects
 from mmcorpus.normalize.resolve import MAX_EXAMPLES, ImageResolver
 
 MIN_SPLIT_BYTES = 64 << 20  # below this, one process is as fast as several

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmcorpus.normalize import jsonarray
-from mmcorpus.normalize.formats import Job
+from mmcorpus.normalize.job import Job
 from mmcorpus.normalize.jsonarray import iter_json_array
 from mmcorpus.normalize.resolve import UNSAFE_PATH_PATTERN
 from mmcorpus.schema import TURN_TYPE, UNIFIED_SCHEMA

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmcorpus import layout
-from mmcorpus.normalize.formats import Job
+from mmcorpus.normalize.job import Job
 from mmcorpus.schema import UNIFIED_SCHEMA
 
 SHARD_NAME = re.compile(r"^\d{5}\.parquet$")
