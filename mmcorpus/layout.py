@@ -13,10 +13,14 @@ so a change here is a change of DESIGN.md.
     <root>/stages/<stage>/                          prepared mixes and exports (manifest.json, report.html, ...)
     <root>/runs/<name>.json                         the last fetch of each name
     <root>/.locks/<name>.lock                       one running command per name
+
+Beside the root, a config directory (built-in configs/, MMCORPUS_CONFIG_DIR, --config-dir) holds
+`<dir>/stages/<stage>.yaml`, the stage mixes (CONFIG_STAGES below).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 # -------------------------------------------------------------------------------------- top-level folders
@@ -37,6 +41,7 @@ TEMP = ".mmpart"  # suffix of every temporary name (mmcorpus.core.atomicio); swe
 DONE = ".done"  # a finished unit of work: an extracted archive, a URL-list shard
 MANIFEST = "manifest.json"  # a prepared stage's description
 STAGE_REPORT = "report.html"
+LOCK_SUFFIX = ".lock"  # <root>/.locks/<lock name>.lock
 
 
 # ----------------------------------------------------------------------------------------------- the root
@@ -74,6 +79,16 @@ def normalize_inputs(root: str | Path, dataset: str, subset: str) -> Path:
     return normalized_dir(root, dataset) / f"_{subset}.inputs.json"
 
 
+def normalize_staging(out_dir: Path, subset: str, pid: int) -> Path:
+    """The hidden folder a normalizer run (process `pid`) writes a subset's parts in before publishing them."""
+    return Path(out_dir) / f".staging-{subset}-{pid}"
+
+
+def normalize_stagings(out_dir: Path, subset: str) -> list[Path]:
+    """Staging folders of `subset` in `out_dir`, live or left by killed runs (their pid ends the name)."""
+    return list(Path(out_dir).glob(f".staging-{subset}-*"))
+
+
 def stages_root(root: str | Path) -> Path:
     return Path(root) / STAGES
 
@@ -94,12 +109,39 @@ def img2dataset_work(root: str | Path) -> Path:
     return Path(root) / IMG2DATASET_WORK
 
 
+def img2dataset_job(root: str | Path, dataset: str, subset: str, index: int = 0, count: int = 1) -> Path:
+    """The work folder of one img2dataset run of a subset (and of --shard slice `index` of `count` when
+    count > 1: slices sharing a root each have their own); removed when the run ends."""
+    slice_ = f"-shard-{index}-of-{count}" if count > 1 else ""
+    return img2dataset_work(root) / f"{dataset}-{subset}{slice_}"
+
+
 def locks_dir(root: str | Path) -> Path:
     return Path(root) / LOCKS
 
 
 def lock_path(root: str | Path, name: str) -> Path:
-    return locks_dir(root) / f"{name}.lock"
+    return locks_dir(root) / f"{name}{LOCK_SUFFIX}"
+
+
+def shard_lock_name(name: str, index: int, count: int) -> str:
+    """The lock name of slice `index` of `count` of a `fetch --shard` run of `name` (one lock per slice)."""
+    return f"{name}.shard-{index}-of-{count}"
+
+
+def shard_lock_names(root: str | Path, name: str) -> list[str]:
+    """The lock names of `name`'s --shard slices that have a lock file now, sorted (for `status`)."""
+    return sorted(p.name[: -len(LOCK_SUFFIX)] for p in locks_dir(root).glob(f"{name}.shard-*{LOCK_SUFFIX}"))
+
+
+def stage_lock_name(stage: str) -> str:
+    """The lock name a `prepare` of `stage` holds (apart from the dataset names fetch and normalize lock)."""
+    return f"stages.{stage}"
+
+
+def lock_break_guard(lock: Path) -> Path:
+    """The file a process breaking the stale `lock` holds while it does (`<name>.lock.break`, O_EXCL)."""
+    return lock.with_name(lock.name + ".break")
 
 
 # ------------------------------------------------------------------------------------ beside a given file
@@ -119,6 +161,17 @@ def part_meta_path(part: Path) -> Path:
     return part.with_name(part.name + ".json")
 
 
+def part_meta_temp(part: Path) -> Path:
+    """Where part_meta_path(part) is written before it is renamed into place (`<file>.part.tmp`)."""
+    return part_meta_path(part).with_suffix(".tmp")
+
+
+def temporary_sibling(final: Path, owner: str) -> Path:
+    """The temporary name `final` is written under before its rename (`.<name>.<owner>.mmpart`); `owner`
+    tells whose it is (mmcorpus.core.atomicio: host, pid and thread), so stale ones can be swept."""
+    return final.with_name(f".{final.name}.{owner}{TEMP}")
+
+
 def verified_record(path: Path) -> Path:
     """The record of a file's last full checksum verification (size and mtime say when it is stale)."""
     return bookkeeping_dir(path.parent) / f"{path.name}.verified.json"
@@ -126,6 +179,11 @@ def verified_record(path: Path) -> Path:
 
 def rejected_dir(folder: Path) -> Path:
     return Path(folder) / REJECTED
+
+
+def rejected_path(path: Path, when: str, pid: int) -> Path:
+    """Where `verify --repair` (or a failed download) moves `path`: `.rejected/<name>.<when>.<pid>` beside it."""
+    return rejected_dir(path.parent) / f"{path.name}.{when}.{pid}"
 
 
 def archive_marker(dest: str | Path, archive_name: str) -> Path:
@@ -149,6 +207,21 @@ def subset_images_dir(root_images: Path, dataset: str, subset: str) -> Path:
     return Path(root_images) / dataset / subset
 
 
+def subset_dirs(dataset_dir: Path) -> list[Path]:
+    """The subset folders of a URL-list dataset's `<root>/images/<dataset>`, sorted."""
+    return sorted(p for p in Path(dataset_dir).glob("*") if p.is_dir())
+
+
+def shard_image_dir(subset_dir: Path, shard: int) -> Path:
+    """The folder of a shard's images, `<subset>/<shard:05d>/`."""
+    return Path(subset_dir) / shard_name(shard)
+
+
+def shard_image(subset_dir: Path, shard: int, key: str, ext: str) -> Path:
+    """One URL-list image, `<subset>/<shard:05d>/<key>.<ext>`."""
+    return shard_image_dir(subset_dir, shard) / f"{key}.{ext}"
+
+
 def shard_status(subset_dir: Path, shard: int) -> Path:
     return Path(subset_dir) / f"{shard_name(shard)}.parquet"
 
@@ -165,6 +238,23 @@ def shard_image_relpath(dataset: str, subset: str, shard: int, key: str, ext: st
 def shard_statuses(subset_dir: Path) -> list[Path]:
     """The status parquets of a subset's shards, in shard order."""
     return sorted(Path(subset_dir).glob("*.parquet"))
+
+
+SHARD_STATUS_NAME = re.compile(r"^\d{5}\.parquet$")  # shard_status's name, for a strict listing
+
+
+def shard_status_files(subset_dir: Path) -> list[Path]:
+    """The status parquets of a subset named exactly as shard_status names them, sorted (the normalizer's
+    input: nothing else that a user put there); empty when the folder does not exist."""
+    folder = Path(subset_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if SHARD_STATUS_NAME.match(p.name))
+
+
+def dataset_shard_statuses(dataset_dir: Path) -> list[Path]:
+    """The status parquets of every subset of a URL-list dataset's `<root>/images/<dataset>`, sorted."""
+    return sorted(Path(dataset_dir).glob("*/*.parquet"))
 
 
 def marker_of_status(status: Path) -> Path:
@@ -200,6 +290,28 @@ def stage_report(stage_folder: Path) -> Path:
     return Path(stage_folder) / STAGE_REPORT
 
 
+STAGE_PARQUET = "data"  # in a stage folder: its parquet shards, <stage>-NNNNN.parquet
+STAGE_LLAVA = "llava"  # ... the LLaVA JSON export, <stage>.json
+STAGE_WEBDATASET = "webdataset"  # ... the WebDataset export, <stage>-NNNNN.tar
+
+
+def stage_parquet_dir(stage_folder: Path) -> Path:
+    return Path(stage_folder) / STAGE_PARQUET
+
+
+def stage_llava_json(stage_folder: Path, stage: str) -> Path:
+    return Path(stage_folder) / STAGE_LLAVA / f"{stage}.json"
+
+
+def stage_webdataset_dir(stage_folder: Path) -> Path:
+    return Path(stage_folder) / STAGE_WEBDATASET
+
+
+def webdataset_shard(folder: Path, stem: str, number: int) -> Path:
+    """`<folder>/<stem>-NNNNN.tar`, numbered as the parquet shards are."""
+    return normalized_shard(folder, stem, number, "tar")
+
+
 def stage_building(final: Path, pid: int) -> Path:
     """The hidden folder a stage is built in before it is swapped in (`.<stage>.tmp-<pid>`)."""
     return final.with_name(f".{final.name}.tmp-{pid}")
@@ -215,3 +327,14 @@ def stage_leftovers(final: Path) -> tuple[list[Path], list[Path]]:
     building = list(final.parent.glob(f".{final.name}.tmp-*"))
     previous = sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime)
     return building, previous
+
+
+# ------------------------------------------------------------------------------ config directories
+
+
+CONFIG_STAGES = "stages"  # in a config directory (not the root): the stage mixes, <dir>/stages/<stage>.yaml
+
+
+def stage_mix_files(config_dir: str | Path) -> list[Path]:
+    """The stage mixes a config directory defines, sorted (the file stem is the stage name)."""
+    return sorted((Path(config_dir) / CONFIG_STAGES).glob("*.yaml"))

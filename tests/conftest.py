@@ -8,8 +8,6 @@ import pytest
 
 from mmcorpus.demo.localmirror import LocalMirror
 
-SAMPLES = Path(__file__).parent / "data" / "samples"
-
 
 @pytest.fixture
 def mirror(tmp_path_factory):

@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers.cli import mmcorpus, one_line_error  # noqa: E402
 
 from mmcorpus.demo.localmirror import Route
-
-ENV = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
-ENV.pop("MMCORPUS_CONFIG_DIR", None)
-
-
-def mmcorpus(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mmcorpus", *args], capture_output=True, text=True,
-                          env={**ENV, **(env or {})}, timeout=120)
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert "Traceback" not in result.stderr, result.stderr
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def write_spec(folder: Path, name: str, url: str, data: bytes, **extra) -> Path:

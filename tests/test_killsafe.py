@@ -1,15 +1,15 @@
-"""Kill -9 at random points, then re-run: the result equals an uninterrupted run (tests/killsafe.py).
+"""Kill -9 at random points, then re-run: the result equals an uninterrupted run (tests/helpers/killsafe.py).
 
 Applied to archive extraction (zip and tar.gz), to the single-file downloader against the local mirror, to
 both together (a collection fetch), and to `mmcorpus prepare` (normalize + stage + exports). The URL-list
-engine's kill -9 test is in test_urllist.py.
+engine's kill -9 test is in tests/fetch/urllist/test_native.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import io
+import json
 import random
 import sys
 import tarfile
@@ -17,8 +17,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers.killsafe import check_kill_safe, run_and_kill, run_to_completion
 
-from killsafe import check_kill_safe, run_and_kill, run_to_completion
 from mmcorpus.demo.localmirror import Route
 
 SEEDS = (1, 2, 3)

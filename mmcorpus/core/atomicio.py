@@ -21,9 +21,8 @@ from typing import Any
 
 from mmcorpus import layout
 
-PART_SUFFIX = layout.TEMP
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
-_TEMP_OWNER = re.compile(r"\.([0-9a-f]{8})-(\d+)-\d+" + re.escape(PART_SUFFIX) + "$")
+_TEMP_OWNER = re.compile(r"\.([0-9a-f]{8})-(\d+)-\d+" + re.escape(layout.TEMP) + "$")
 FOREIGN_TEMP_MAX_AGE = 24 * 3600  # another host's temporary file untouched this long belongs to a dead run
 
 
@@ -31,7 +30,7 @@ def temporary_name(final: Path) -> Path:
     """A temporary sibling unique to this host, process and thread: two runs extracting the same archive (a
     lock broken by mistake) must never write into one file, or a rename could publish the other's
     half-written bytes at the final path. sweep_stale_temporaries removes those of killed runs."""
-    return final.with_name(f".{final.name}.{HOST_TAG}-{os.getpid()}-{threading.get_ident()}{PART_SUFFIX}")
+    return layout.temporary_sibling(final, f"{HOST_TAG}-{os.getpid()}-{threading.get_ident()}")
 
 
 def sweep_stale_temporaries(folder: Path, *, recursive: bool = True) -> int:
@@ -40,7 +39,7 @@ def sweep_stale_temporaries(folder: Path, *, recursive: bool = True) -> int:
     removed = 0
     for current, _dirs, files in os.walk(folder):
         for name in files:
-            if name.endswith(PART_SUFFIX) and _is_stale_temporary(Path(current) / name):
+            if name.endswith(layout.TEMP) and _is_stale_temporary(Path(current) / name):
                 Path(current, name).unlink(missing_ok=True)
                 removed += 1
         if not recursive:

@@ -91,7 +91,8 @@ def describe_lock(root: Path, name: str, max_age: float = DEFAULT_MAX_AGE) -> st
 
 def describe_locks(root: Path, name: str, max_age: float = DEFAULT_MAX_AGE) -> list[str]:
     """The lock of `name` and those of its --shard slices (`<name>.shard-I-of-N`), described."""
-    names = [name] + sorted(p.name[: -len(".lock")] for p in lock_path(root, name).parent.glob(f"{name}.shard-*.lock"))
+    lock_path(root, name)  # refuses a name that is no file name before it goes into a glob
+    names = [name] + layout.shard_lock_names(root, name)
     return [f"{n}: {text}" if n != name else text for n in names if (text := describe_lock(root, n, max_age))]
 
 
@@ -219,7 +220,7 @@ def _pid_start(pid: int) -> int | None:
 def _break(path: Path, judged: Holder | None, max_age: float) -> None:
     """Remove a stale lock, one breaker at a time (module docstring). Returns without doing anything when
     another process is breaking it: the caller's next O_EXCL attempt then decides."""
-    guard = path.with_name(path.name + ".break")
+    guard = layout.lock_break_guard(path)
     if not _take_guard(guard):
         return
     try:

@@ -114,8 +114,7 @@ def _cache_matches_spec(record: dict, spec: FileSpec) -> bool:
 
 def move_aside(path: Path) -> Path:
     """Move a file that failed verification out of the way (never leave it at the final path)."""
-    rejected = layout.rejected_dir(path.parent)
-    rejected.mkdir(parents=True, exist_ok=True)
-    target = rejected / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"
+    target = layout.rejected_path(path, time.strftime('%Y%m%dT%H%M%S'), os.getpid())
+    target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(path, target)
     return target

@@ -107,7 +107,7 @@ def _fetch_one(spec, archive, root: Path, dest: Path, download: Download, delete
     downloads = layout.downloads_dir(root, spec.name)
     if done is not None:  # extracted before; the archive itself may be gone (delete_archives)
         if delete:  # a run killed between the marker and the deletion left the archive behind
-            (downloads / archive.filename).unlink(missing_ok=True)
+            layout.download_path(root, spec.name, archive.filename).unlink(missing_ok=True)
         return {**done, "name": archive.key, "status": "done"}
     downloads.mkdir(parents=True, exist_ok=True)
     path = Path(download(archive, downloads))

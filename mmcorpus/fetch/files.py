@@ -40,7 +40,7 @@ from mmcorpus.errors import DownloadError, VerificationError
 from mmcorpus.fetch import checksums as verify
 from mmcorpus.fetch.gdrive import gdrive_confirm_url, page_title
 from mmcorpus.fetch.urls import UrlRewriter, local_path
-from mmcorpus.layout import part_meta_path, part_path
+from mmcorpus.layout import part_meta_path, part_meta_temp, part_path
 from mmcorpus.registry import FileSpec
 
 log = logging.getLogger("mmcorpus.download")
@@ -368,7 +368,7 @@ def _resume_point(part: Path, spec_url: str) -> tuple[int, str | None]:
 def _write_meta(part: Path, spec_url: str, response: requests.Response) -> None:
     etag = response.headers.get("ETag")
     validator = etag if etag and not etag.startswith("W/") else response.headers.get("Last-Modified")
-    tmp = part_meta_path(part).with_suffix(".tmp")
+    tmp = part_meta_temp(part)
     tmp.write_text(json.dumps({"url": spec_url, "validator": validator}))
     os.replace(tmp, part_meta_path(part))
 
@@ -376,7 +376,7 @@ def _write_meta(part: Path, spec_url: str, response: requests.Response) -> None:
 def _discard(part: Path) -> None:
     part.unlink(missing_ok=True)
     part_meta_path(part).unlink(missing_ok=True)
-    part_meta_path(part).with_suffix(".tmp").unlink(missing_ok=True)
+    part_meta_temp(part).unlink(missing_ok=True)
 
 
 def _expected_total(response: requests.Response, offset: int) -> int | None:

@@ -75,7 +75,7 @@ def normalize_subset(spec, file_spec, root: Path, *, workers: int | None = None,
         return {"status": "not_downloaded", "input": str(path)}
     ranges = _ranges(module, path, workers)
     _remove_stale_staging(plan)
-    staging = plan.out_dir / f".staging-{file_spec.key}-{os.getpid()}"
+    staging = layout.normalize_staging(plan.out_dir, file_spec.key, os.getpid())
     try:
         parts = _run_parallel(plan, staging, ranges) if len(ranges) > 1 else None
         if parts is None:
@@ -92,7 +92,7 @@ def normalize_subset(spec, file_spec, root: Path, *, workers: int | None = None,
 
 def _remove_stale_staging(plan: "_Plan") -> None:
     """Staging folders of killed runs (their pid is gone) would keep GBs of spill files forever."""
-    for folder in plan.out_dir.glob(f".staging-{plan.subset}-*"):
+    for folder in layout.normalize_stagings(plan.out_dir, plan.subset):
         pid = folder.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)

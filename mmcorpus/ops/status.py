@@ -70,7 +70,7 @@ def spec_status(spec: Spec, root: Path) -> dict:
     if spec.kind == "collection":
         item["images"] = _folder_images(collection_dir(spec, root))
     elif spec.images_from == "url":
-        item["images"] = url_images(root / "images" / spec.name)
+        item["images"] = url_images(layout.images_dir(root, spec.name))
     if item["images"]:
         item["bytes_on_disk"] += item["images"]["bytes"]
     return item
@@ -114,7 +114,7 @@ def url_images(dataset_dir: Path) -> dict:
     """Totals of a URL-list dataset from its status parquets (`<subset>/<shard>.parquet`)."""
     totals = {"ok": 0, "failed": 0, "failed_by_reason": Counter(), "bytes": 0, "shards": 0, "shards_done": 0,
               "unreadable_shards": [], "subsets": {}}
-    for subset_dir in sorted(p for p in dataset_dir.glob("*") if p.is_dir()):
+    for subset_dir in layout.subset_dirs(dataset_dir):
         sub = {"ok": 0, "failed": 0, "shards": 0, "shards_done": 0}
         parquets = layout.shard_statuses(subset_dir)
         # Threads overlap the per-file latency of a network file system; pyarrow releases the GIL.

@@ -91,11 +91,11 @@ def _verify_spec(spec: Spec, root: Path, pool: ProcessPoolExecutor, workers: int
     if spec.kind == "collection":
         for archive in spec.archives:
             _verify_members(spec, archive, root, item)
-        item["images"] = check_images(collection_dir(spec, root), root / "images", pool, workers, item["bad"])
+        item["images"] = check_images(collection_dir(spec, root), layout.images_root(root), pool, workers, item["bad"])
     elif spec.images_from == "url":
         dataset_dir = layout.images_dir(root, spec.name)
-        item["images"] = check_images(dataset_dir, root / "images", pool, workers, item["bad"])
-        item["images"]["missing"] = _missing_ok_rows(dataset_dir, root / "images", item["bad"])
+        item["images"] = check_images(dataset_dir, layout.images_root(root), pool, workers, item["bad"])
+        item["images"]["missing"] = _missing_ok_rows(dataset_dir, layout.images_root(root), item["bad"])
     return item
 
 
@@ -224,7 +224,7 @@ def check_image(path: str) -> str | None:
 def _missing_ok_rows(dataset_dir: Path, images_root: Path, bad: list) -> int:
     """Rows a status parquet marks `ok` whose image file is gone (read shard by shard: bounded memory)."""
     missing = 0
-    for parquet in sorted(dataset_dir.glob("*/*.parquet")):
+    for parquet in layout.dataset_shard_statuses(dataset_dir):
         try:
             table = pq.read_table(parquet, columns=["status", "image_path"])
         except (OSError, pa.ArrowException) as exc:
@@ -250,7 +250,7 @@ def _repair(spec: Spec, item: dict, root: Path, report: dict) -> None:
         if bad["kind"] in ("download", "image") and path.is_file():
             report["moved_aside"].append(str(verify.move_aside(path)))
         if bad["kind"] == "image" and spec.kind == "dataset":
-            _shard_marker(path).unlink(missing_ok=True)
+            layout.marker_of_image(path).unlink(missing_ok=True)
         if bad["kind"] == "shard":  # an unreadable status parquet: the engine redoes a shard without marker
             layout.marker_of_status(path).unlink(missing_ok=True)
     # A collection's bad download is one of its archives: without its marker, fetch downloads it again.
@@ -258,11 +258,6 @@ def _repair(spec: Spec, item: dict, root: Path, report: dict) -> None:
         for archive in spec.archives:
             marker_path(archive.filename, collection_dir(spec, root)).unlink(missing_ok=True)
     report["refetch"].append(spec.name)
-
-
-def _shard_marker(image: Path) -> Path:
-    """<subset>/<shard>/<key>.jpg -> <subset>/<shard>.done"""
-    return layout.marker_of_image(image)
 
 
 # --------------------------------------------------------------------------------------------- format

@@ -12,30 +12,30 @@ file and the key path, never a silent default.
 """
 
 from mmcorpus.registry.fields import (
-           Fields,
-           as_bool,
-           as_int,
-           as_str,
-           as_str_list,
-           one_of,
+    Fields,
+    as_bool,
+    as_int,
+    as_str,
+    as_str_list,
+    one_of,
 )
 from mmcorpus.registry.load import (
-           Registry,
-           builtin_config_dir,
-           config_dirs,
-           did_you_mean,
-           load_spec_file,
-           read_yaml,
-           spec_to_dict,
+    Registry,
+    builtin_config_dir,
+    config_dirs,
+    did_you_mean,
+    load_spec_file,
+    read_yaml,
+    spec_to_dict,
 )
 from mmcorpus.registry.parse import parse_spec
 from mmcorpus.registry.spec import (
-           FILE_ROLES,
-           FORMAT_TYPES,
-           NAME_RE,
-           STAGES,
-           FileSpec,
-           Spec,
+    FILE_ROLES,
+    FORMAT_TYPES,
+    NAME_RE,
+    STAGES,
+    FileSpec,
+    Spec,
 )
 
 __all__ = ["FILE_ROLES", "FORMAT_TYPES", "NAME_RE", "STAGES", "Fields", "FileSpec", "as_bool", "as_int", "as_str",

@@ -23,6 +23,7 @@ from typing import Iterator
 import pyarrow.parquet as pq
 from PIL import Image
 
+from mmcorpus import layout
 from mmcorpus.core.imaging import JPEG_QUALITY, sniff, to_rgb
 from mmcorpus.stage.dedup import IMAGE_TOKEN
 from mmcorpus.stage.sampling import priority
@@ -157,7 +158,7 @@ class _TarShards:
             self.close()
 
     def _path(self) -> Path:
-        return self.folder / f"{self.stem}-{len(self.shards):05d}.tar"
+        return layout.webdataset_shard(self.folder, self.stem, len(self.shards))
 
     def close(self) -> None:
         if self.tar is None:

@@ -143,7 +143,7 @@ def stage_files(extra_dirs: Iterable[str | Path] = ()) -> dict[str, Path]:
     """Known stage mixes by name: configs/stages/*.yaml, overridden by <config dir>/stages/*.yaml of users."""
     found: dict[str, Path] = {}
     for directory in config_dirs(extra_dirs):
-        for path in sorted((Path(directory) / "stages").glob("*.yaml")):
+        for path in layout.stage_mix_files(directory):
             found[path.stem] = path
     return found
 
@@ -195,7 +195,7 @@ def image_state(root: Path, registry: Registry, dataset: str, subset: str) -> li
     images = layout.images_root(root)
     folders = [layout.bookkeeping_dir(images / registry.specs[c].path) for c in spec.collections if c in registry.specs]
     if spec.images_from == "url":
-        folders.append(images / dataset / subset)
+        folders.append(layout.subset_images_dir(images, dataset, subset))
     return [_stat(p, images) for folder in folders if folder.is_dir() for p in sorted(folder.iterdir()) if p.is_file()]
 
 
@@ -303,7 +303,7 @@ def prepare_stage(
                "samples_per_tar": samples_per_tar, "datasets": [e.label for e in chosen]}
     plan = _Plan(name, mix, entries, missing, options)
     final = stage_dir(root, name)
-    with hold_lock(root, f"stages.{name}", command=f"prepare {name}"):  # exit 75 if another prepare runs
+    with hold_lock(root, layout.stage_lock_name(name), command=f"prepare {name}"):  # exit 75 if another prepare runs
         _recover(final)
         plan.stamp = fingerprint(root, registry, entries, mix, options)
         current = read_manifest(root, name)
@@ -355,7 +355,7 @@ def _build(registry: Registry, root: Path, out: Path, plan: _Plan, workers: int 
     """Write the whole stage into `out`: parquet shards, exports, report, and the manifest last."""
     images_root = layout.images_root(root)
     options = plan.options
-    writer = StageWriter(out / "data", plan.name, rows_per_shard=options["rows_per_shard"],
+    writer = StageWriter(layout.stage_parquet_dir(out), plan.name, rows_per_shard=options["rows_per_shard"],
                          row_group_rows=options["row_group_rows"], metadata=_file_metadata(registry, plan))
     stats = StageStats(options["seed"])
     summaries = []
@@ -366,8 +366,8 @@ def _build(registry: Registry, root: Path, out: Path, plan: _Plan, workers: int 
             summary = build_entry(entry, ctx) | {"spec_version": registry.specs[entry.dataset].version}
             summaries.append(summary | {"upstream": upstream_failures(root, entry.dataset, entry.subset)})
     shards = writer.close()
-    outputs = {"parquet": {"folder": "data", "files": shards, "row_group_rows": writer.row_group_rows}}
-    outputs.update(_exports(out, [out / "data" / s["file"] for s in shards], images_root, plan, log))
+    outputs = {"parquet": {"folder": layout.STAGE_PARQUET, "files": shards, "row_group_rows": writer.row_group_rows}}
+    outputs.update(_exports(out, [layout.stage_parquet_dir(out) / s["file"] for s in shards], images_root, plan, log))
     manifest = _manifest(registry, plan, summaries, outputs, stats)
     write_report(manifest, out, images_root)
     write_json_atomic(layout.stage_manifest(out), manifest, indent=2)
@@ -378,13 +378,13 @@ def _exports(out: Path, parquet_files: list[Path], images_root: Path, plan: _Pla
     outputs, options = {}, plan.options
     if "llava" in options["formats"]:
         log(f"stage {plan.name}: writing the LLaVA JSON")
-        llava = write_llava_json(parquet_files, out / "llava" / f"{plan.name}.json", seed=options["seed"])
-        outputs["llava"] = llava | {"folder": "llava"}
+        llava = write_llava_json(parquet_files, layout.stage_llava_json(out, plan.name), seed=options["seed"])
+        outputs["llava"] = llava | {"folder": layout.STAGE_LLAVA}
     if "webdataset" in options["formats"]:
         log(f"stage {plan.name}: writing WebDataset shards")
-        tars = write_webdataset(parquet_files, out / "webdataset", images_root, stem=plan.name,
+        tars = write_webdataset(parquet_files, layout.stage_webdataset_dir(out), images_root, stem=plan.name,
                                 per_shard=options["samples_per_tar"])
-        outputs["webdataset"] = tars | {"folder": "webdataset"}
+        outputs["webdataset"] = tars | {"folder": layout.STAGE_WEBDATASET}
     return outputs
 
 

@@ -77,11 +77,11 @@ def format_stage_summary(manifest: dict) -> str:
 def _output_summary(manifest: dict) -> list[str]:
     out, items = manifest["outputs"], []
     if "parquet" in out:
-        items.append(f"{len(out['parquet']['files'])} parquet shard(s) in data/")
+        items.append(f"{len(out['parquet']['files'])} parquet shard(s) in {layout.STAGE_PARQUET}/")
     if "llava" in out:
-        items.append(f"llava/{out['llava']['file']} ({_n(out['llava']['records'])} records)")
+        items.append(f"{layout.STAGE_LLAVA}/{out['llava']['file']} ({_n(out['llava']['records'])} records)")
     if "webdataset" in out:
-        items.append(f"{len(out['webdataset']['shards'])} tar shard(s) in webdataset/")
+        items.append(f"{len(out['webdataset']['shards'])} tar shard(s) in {layout.STAGE_WEBDATASET}/")
     return items + [layout.STAGE_REPORT]
 
 
@@ -278,12 +278,12 @@ def _histograms(stats: dict) -> str:
 
 def _files(manifest: dict) -> str:
     out = manifest["outputs"]
-    items = [f"<li><code>data/{_e(f['file'])}</code> — {_n(f['rows'])} rows</li>" for f in out["parquet"]["files"]]
+    items = [f"<li><code>{layout.STAGE_PARQUET}/{_e(f['file'])}</code> — {_n(f['rows'])} rows</li>" for f in out["parquet"]["files"]]
     if "llava" in out:
-        items.append(f"<li><code>llava/{_e(out['llava']['file'])}</code> — {_n(out['llava']['records'])} records "
-                     f"(train with <code>--image_folder &lt;root&gt;/images</code>)</li>")
+        items.append(f"<li><code>{layout.STAGE_LLAVA}/{_e(out['llava']['file'])}</code> — {_n(out['llava']['records'])} records "
+                     f"(train with <code>--image_folder &lt;root&gt;/{layout.IMAGES}</code>)</li>")
     if "webdataset" in out:
-        items += [f"<li><code>webdataset/{_e(s['file'])}</code> — {_n(s['samples'])} samples</li>" for s in out["webdataset"]["shards"]]
+        items += [f"<li><code>{layout.STAGE_WEBDATASET}/{_e(s['file'])}</code> — {_n(s['samples'])} samples</li>" for s in out["webdataset"]["shards"]]
     return f"<ul class='files'>{''.join(items)}</ul>"
 
 

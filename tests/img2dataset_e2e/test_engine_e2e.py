@@ -11,15 +11,15 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers.urllist import status_rows
 from PIL import Image
 
+from mmcorpus.demo.localmirror import Route
+from mmcorpus.fetch.urllist.executors import run_url_list
 from mmcorpus.fetch.urllist.img2dataset import fetch_with_img2dataset
 from mmcorpus.fetch.urllist.native import fetch_url_list
 from mmcorpus.fetch.urllist.plan import UrlListOptions
-from mmcorpus.fetch.urllist.executors import run_url_list
-from mmcorpus.demo.localmirror import Route
 from mmcorpus.registry import Spec
-from test_urllist import status_rows
 
 pytestmark = pytest.mark.skipif(os.environ.get("MMCORPUS_IMG2DATASET_E2E") != "1",
                                 reason="img2dataset end-to-end: scripts/ci/test_img2dataset.sh runs it in its own venv")

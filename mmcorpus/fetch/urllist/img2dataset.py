@@ -228,7 +228,7 @@ def _status_row(meta: dict, image: Path | None, paths: ShardPaths) -> tuple[dict
         ext = image.suffix.lstrip(".")
         row.update(status="ok", http_status=200, bytes=len(data), width=meta.get("width"), height=meta.get("height"),
                    image_path=paths.image_relpath(key, ext), sha256=hashlib.sha256(data).hexdigest())
-        return row, paths.image_dir / f"{key}.{ext}"
+        return row, paths.image(key, ext)
     error, http_status = map_error(meta.get("status"), meta.get("error_message"))
     row.update(error=error, http_status=http_status)
     return row, None
@@ -326,10 +326,9 @@ def fetch_with_img2dataset(spec: Spec, subset: str, tsv_path: str | Path, root: 
                 raise UsageError("--engine img2dataset --executor pyspark needs pyspark: pip install pyspark")
     root = Path(root)
     index, count = options.shard or shard_from_env()
-    slice_ = f"-shard-{index}-of-{count}" if count > 1 else ""
     # A killed run's leftovers. Fetch holds the lock of this name and --shard slice, so the folder is ours:
     # slices sharing a root (one per machine) each have their own.
-    work = layout.img2dataset_work(root) / f"{spec.name}-{subset}{slice_}"
+    work = layout.img2dataset_job(root, spec.name, subset, index, count)
     shutil.rmtree(work, ignore_errors=True)
     input_dir, output = work / "input", work / "output"
     input_dir.mkdir(parents=True)

@@ -314,7 +314,7 @@ class ShardWorker:
         out = []
         for row in rows:
             key = key_for(row.index)
-            write_bytes_atomic(paths.image_dir / f"{key}.{prepared.ext}", prepared.data)
+            write_bytes_atomic(paths.image(key, prepared.ext), prepared.data)
             out.append(dict(
                 key=key, url=row.url, caption=row.caption, status="ok", error=None,
                 http_status=fetched.http_status, bytes=len(prepared.data), width=prepared.width,

@@ -53,7 +53,10 @@ class ShardPaths:
 
     @property
     def image_dir(self) -> Path:
-        return self.subset_dir / self.name
+        return layout.shard_image_dir(self.subset_dir, self.shard)
+
+    def image(self, key: str, ext: str) -> Path:
+        return layout.shard_image(self.subset_dir, self.shard, key, ext)
 
     @property
     def parquet(self) -> Path:
@@ -65,7 +68,7 @@ class ShardPaths:
 
     def image_relpath(self, key: str, ext: str) -> str:
         """Relative to <root>/images, as stored in the status parquet's image_path."""
-        return f"{self.dataset}/{self.subset}/{self.name}/{key}.{ext}"
+        return layout.shard_image_relpath(self.dataset, self.subset, self.shard, key, ext)
 
 
 def write_status(paths: ShardPaths, rows: list[dict]) -> None:

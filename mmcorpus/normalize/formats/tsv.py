@@ -9,7 +9,6 @@ sample_id = `<dataset>/<subset>/<key without its zero padding>` and cc3m/train a
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Iterator
 
@@ -21,15 +20,11 @@ from mmcorpus import layout
 from mmcorpus.normalize.job import Job
 from mmcorpus.schema import UNIFIED_SCHEMA
 
-SHARD_NAME = re.compile(r"^\d{5}\.parquet$")
 COLUMNS = ["key", "url", "caption", "status", "error", "width", "height", "image_path"]
 
 
 def status_files(root: Path, dataset: str, subset: str) -> list[Path]:
-    folder = layout.subset_images_dir(layout.images_root(root), dataset, subset)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if SHARD_NAME.match(p.name))
+    return layout.shard_status_files(layout.subset_images_dir(layout.images_root(root), dataset, subset))
 
 
 def has_input(job: Job) -> bool:

@@ -11,12 +11,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.stage import caption_row, cc_rows, chat_row, make_image, write_normalized
 from PIL import Image
-from stage_helpers import caption_row, cc_rows, chat_row, make_image, write_normalized
 
 from mmcorpus.registry import Registry
-from mmcorpus.stage.report import THUMB_SIZE, format_stage_summary
 from mmcorpus.stage.prepare import prepare_stage
+from mmcorpus.stage.report import THUMB_SIZE, format_stage_summary
 
 CHROMIUM = Path("/usr/bin/chromium")
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)> & "quotes"'

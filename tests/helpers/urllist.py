@@ -5,8 +5,12 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
+import pyarrow.parquet as pq
 from PIL import Image
+
+from mmcorpus.schema import STATUS_SCHEMA
 
 
 def jpeg(width: int = 64, height: int = 48, color=(200, 30, 30)) -> bytes:
@@ -24,3 +28,12 @@ def bomb_png(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+
+
+def status_rows(root: Path, dataset: str = "cc3m", subset: str = "train") -> list[dict]:
+    rows = []
+    for parquet in sorted((root / "images" / dataset / subset).glob("*.parquet")):
+        table = pq.read_table(parquet)
+        assert table.schema.equals(STATUS_SCHEMA, check_metadata=False)
+        rows += table.to_pylist()
+    return rows

@@ -12,16 +12,22 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
+from helpers import SAMPLES
+from helpers.stage import (
+    caption_row,
+    cc_rows,
+    chat_row,
+    make_image,
+    row,
+    write_normalized,
+)
 from PIL import Image
-from stage_helpers import caption_row, cc_rows, chat_row, make_image, row, write_normalized
 
-from mmcorpus.stage.exports import BRIEF_PROMPTS, llava_record, wds_key
 from mmcorpus.normalize.runner import normalize_dataset
 from mmcorpus.registry import Registry
 from mmcorpus.schema import UNIFIED_SCHEMA
+from mmcorpus.stage.exports import BRIEF_PROMPTS, llava_record, wds_key
 from mmcorpus.stage.prepare import prepare_stage
-
-SAMPLES = Path(__file__).parent / "data" / "samples"
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,13 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from test_collections import zip_bytes
+from helpers.archives import zip_bytes
 
-from mmcorpus.fetch.files import DownloadOptions
+from mmcorpus.core.locks import hold_lock
 from mmcorpus.errors import LockedError
+from mmcorpus.fetch.files import DownloadOptions
 from mmcorpus.fetch.options import FetchOptions
 from mmcorpus.fetch.run import fetch, shard_share
-from mmcorpus.core.locks import hold_lock
 from mmcorpus.registry import Registry
 
 

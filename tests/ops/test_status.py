@@ -14,13 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mmcorpus.core.locks import hold_lock
+from mmcorpus.core.runs import read_run, record_run
 from mmcorpus.fetch import checksums as verify
 from mmcorpus.fetch.archives import Mapping, extract_archive
-from mmcorpus.core.locks import hold_lock
+from mmcorpus.ops.status import collect_status, format_status
 from mmcorpus.registry import Registry, parse_spec
 from mmcorpus.schema import STATUS_SCHEMA
-from mmcorpus.core.runs import read_run, record_run
-from mmcorpus.ops.status import collect_status, format_status
 
 CC = parse_spec({
     "name": "cc", "kind": "dataset", "stages": ["pretrain"], "images": {"from": "url"},

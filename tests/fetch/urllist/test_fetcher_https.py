@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers.urllist import jpeg
 
+from mmcorpus.demo.localmirror import LocalMirror, Route
 from mmcorpus.fetch.urllist.native import fetch_url_list
 from mmcorpus.fetch.urllist.plan import UrlListOptions
-from mmcorpus.demo.localmirror import LocalMirror, Route
 from mmcorpus.registry import Spec
-from urllist_helpers import jpeg
 
 trustme = pytest.importorskip("trustme")  # in the test extra; skipped only outside it
 

@@ -8,9 +8,14 @@ from pathlib import Path
 import pytest
 
 from mmcorpus.core.diskspace import DiskFullError, ensure_free_space, free_bytes
-from mmcorpus.fetch.diskspace import ensure_space_for_fetch, expected_bytes, space_needed, unknown_sizes
-from mmcorpus.fetch.archives import Mapping, extract_archive
 from mmcorpus.errors import EXIT_FAILED
+from mmcorpus.fetch.archives import Mapping, extract_archive
+from mmcorpus.fetch.diskspace import (
+    ensure_space_for_fetch,
+    expected_bytes,
+    space_needed,
+    unknown_sizes,
+)
 from mmcorpus.registry import parse_spec
 
 DATASET = parse_spec({

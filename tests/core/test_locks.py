@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from mmcorpus.core import locks
-from mmcorpus.errors import EXIT_LOCKED, LockedError
 from mmcorpus.core.locks import hold_lock, hold_locks, lock_path, read_holder
-
-REPO = Path(__file__).resolve().parents[1]
+from mmcorpus.errors import EXIT_LOCKED, LockedError
 
 
 def write_lock(root: Path, name: str, *, age: float = 0.0, **fields) -> Path:

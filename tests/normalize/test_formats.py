@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLES
+from helpers import SAMPLES
 
 from mmcorpus.errors import EXIT_USAGE, BadInputError
 from mmcorpus.normalize.formats import normalizer_module

@@ -15,22 +15,22 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import SAMPLES
+from helpers.urllist import bomb_png, jpeg, status_rows
 from PIL import Image
 
 from mmcorpus import USER_AGENT
+from mmcorpus.demo.localmirror import Route
+from mmcorpus.errors import UsageError
 from mmcorpus.fetch.urllist.native import fetch_url_list
 from mmcorpus.fetch.urllist.plan import UrlListOptions, shard_from_env
-from mmcorpus.errors import UsageError
-from mmcorpus.demo.localmirror import Route
-from mmcorpus.registry import Spec
-from mmcorpus.schema import ERRORS, STATUS_SCHEMA
 from mmcorpus.fetch.urls import MirrorRule, UrlRewriter
-from urllist_helpers import bomb_png, jpeg
+from mmcorpus.registry import Spec
+from mmcorpus.schema import ERRORS
 
-SAMPLES = Path(__file__).parent / "data" / "samples"
 CC3M = Spec(name="cc3m", kind="dataset", source=Path("cc3m.yaml"), format_columns=("caption", "url"))
 CC12M = Spec(name="cc12m", kind="dataset", source=Path("cc12m.yaml"), format_columns=("url", "caption"))
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 def options(**overrides) -> UrlListOptions:
@@ -45,15 +45,6 @@ def write_tsv(path: Path, rows: list[tuple[str, str]]) -> Path:
     """CC3M layout: caption TAB url."""
     path.write_text("".join(f"{caption}\t{url}\n" for caption, url in rows), encoding="utf-8")
     return path
-
-
-def status_rows(root: Path, dataset: str = "cc3m", subset: str = "train") -> list[dict]:
-    rows = []
-    for parquet in sorted((root / "images" / dataset / subset).glob("*.parquet")):
-        table = pq.read_table(parquet)
-        assert table.schema.equals(STATUS_SCHEMA, check_metadata=False)
-        rows += table.to_pylist()
-    return rows
 
 
 def by_caption(root: Path, dataset: str = "cc3m") -> dict[str, dict]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 # Temporary names of every writer in mmcorpus: http.py (.part, .part.json, .part.tmp), archives.py (.mmpart),
 # atomicio.py (.mmpart: archives, URL-list shards, JSON records), stages (.tmp-<pid> folders), locks.py (renamed stale locks).

@@ -7,12 +7,12 @@ import os
 
 import pytest
 
+from mmcorpus.demo.localmirror import Route
+from mmcorpus.errors import DownloadError, VerificationError
 from mmcorpus.fetch.files import DownloadOptions, download_file
 from mmcorpus.fetch.gdrive import gdrive_confirm_url
-from mmcorpus.errors import DownloadError, VerificationError
-from mmcorpus.demo.localmirror import Route
-from mmcorpus.registry import FileSpec
 from mmcorpus.fetch.urls import MirrorRule, UrlRewriter
+from mmcorpus.registry import FileSpec
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()

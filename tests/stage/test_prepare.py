@@ -11,16 +11,38 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from stage_helpers import caption_row, cc_rows, chat_row, make_image, row, write_normalized
+from helpers import SAMPLES
+from helpers.stage import (
+    caption_row,
+    cc_rows,
+    chat_row,
+    make_image,
+    row,
+    write_normalized,
+)
 
 from mmcorpus import __version__
-from mmcorpus.errors import EXIT_LOCKED, EXIT_USAGE, BadInputError, ConfigError, LockedError, UsageError
-from mmcorpus.stage.imagecheck import POOL_MIN, ImageCheck, ImageChecker
 from mmcorpus.core.locks import hold_lock
+from mmcorpus.errors import (
+    EXIT_LOCKED,
+    EXIT_USAGE,
+    BadInputError,
+    ConfigError,
+    LockedError,
+    UsageError,
+)
 from mmcorpus.registry import Registry
-from mmcorpus.stage.sampling import Rule, parse_rule
 from mmcorpus.schema import UNIFIED_SCHEMA
-from mmcorpus.stage.prepare import load_mix, prepare_stage, prepared_stages, read_manifest, resolve_mix, stage_files
+from mmcorpus.stage.imagecheck import POOL_MIN, ImageCheck, ImageChecker
+from mmcorpus.stage.prepare import (
+    load_mix,
+    prepare_stage,
+    prepared_stages,
+    read_manifest,
+    resolve_mix,
+    stage_files,
+)
+from mmcorpus.stage.sampling import Rule, parse_rule
 
 
 @pytest.fixture(scope="module")
@@ -425,7 +447,7 @@ def test_a_normalize_killed_under_force_is_redone_by_the_next_prepare(root, regi
     from mmcorpus.ops.prepare import normalize_if_changed
 
     spec = registry.get("llava_pretrain")
-    source = Path(__file__).parent / "data" / "samples" / "llava_pretrain_558k_sample.json"
+    source = SAMPLES / "llava_pretrain_558k_sample.json"
     (root / "downloads" / "llava_pretrain").mkdir(parents=True)
     shutil.copy(source, root / "downloads" / "llava_pretrain" / spec.files["558k"].filename)
     assert normalize_if_changed(registry, root, "llava_pretrain", "558k")["status"] == "ok"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import os
 import json
+import os
 import stat
 import tarfile
 import zipfile
@@ -12,8 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from mmcorpus.fetch.archives import ArchiveError, Limits, Mapping, extract_archive, marker_path
 from mmcorpus.errors import EXIT_USAGE
+from mmcorpus.fetch.archives import (
+    ArchiveError,
+    Limits,
+    Mapping,
+    extract_archive,
+    marker_path,
+)
 
 
 def make_zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] = {}) -> Path:
@@ -214,7 +220,6 @@ def _extract_in_child(args) -> dict:
 def test_two_concurrent_extractions_never_share_a_temporary_file(tmp_path):
     """A lock broken by mistake costs duplicate work, never corruption (both runs finish, every file whole)."""
     import multiprocessing
-
     import random
 
     # Incompressible members: 3 MB of constant bytes would be a zip bomb by the default limits, and

@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import mmcorpus
-from mmcorpus.schema import UNIFIED_SCHEMA
 from mmcorpus.core.parquet import ShardWriter, file_metadata
 from mmcorpus.registry import parse_spec
+from mmcorpus.schema import UNIFIED_SCHEMA
 
 
 def row(i: int) -> dict:

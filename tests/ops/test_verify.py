@@ -17,9 +17,9 @@ from PIL import Image
 
 from mmcorpus.fetch import checksums as verify
 from mmcorpus.fetch.archives import Mapping, extract_archive, marker_path
+from mmcorpus.ops.verify import check_image, format_verify, verify_root
 from mmcorpus.registry import Registry, parse_spec
 from mmcorpus.schema import STATUS_SCHEMA
-from mmcorpus.ops.verify import check_image, format_verify, verify_root
 
 ANNOT = b'[{"id": 1}]'
 PICS = parse_spec({

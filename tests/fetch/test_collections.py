@@ -6,11 +6,11 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-import zipfile
 from pathlib import Path
 
 import pytest
 import requests
+from helpers.archives import zip_bytes
 
 from mmcorpus.fetch.collections import collections_needed, fetch_collection
 from mmcorpus.registry import parse_spec
@@ -23,14 +23,6 @@ def http_download(file_spec, dest_dir: Path) -> Path:
     path = dest_dir / file_spec.filename
     path.write_bytes(response.content)
     return path
-
-
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
 
 
 def make_tar(path: Path, members: dict[str, bytes]) -> Path:

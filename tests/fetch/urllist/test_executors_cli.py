@@ -8,9 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers.cli import mmcorpus, one_line_error
 from PIL import Image
-
-from test_cli import mmcorpus, one_line_error
 
 
 def url_list_spec(folder: Path, mirror, rows: int = 12) -> list[str]:

@@ -13,11 +13,16 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from mmcorpus.demo.localmirror import Route
+from mmcorpus.errors import MMCorpusError, UsageError
+from mmcorpus.fetch.urllist.executors import (
+    check_available,
+    merge_summaries,
+    run_url_list,
+    task_shards,
+)
 from mmcorpus.fetch.urllist.native import fetch_url_list
 from mmcorpus.fetch.urllist.plan import UrlListOptions, UrlListSummary
-from mmcorpus.errors import MMCorpusError, UsageError
-from mmcorpus.fetch.urllist.executors import check_available, merge_summaries, run_url_list, task_shards
-from mmcorpus.demo.localmirror import Route
 from mmcorpus.registry import Spec
 
 CC3M = Spec(name="cc3m", kind="dataset", source=Path("cc3m.yaml"), format_columns=("caption", "url"))

@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers.urllist import status_rows as urllist_status_rows
 from PIL import Image
-from test_urllist import status_rows as urllist_status_rows
 
 from mmcorpus import layout
 from mmcorpus.errors import UsageError
