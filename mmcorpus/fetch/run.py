@@ -237,7 +237,7 @@ def plan(target: Target, options: FetchOptions) -> dict:
 def _lock_name(name: str, options: FetchOptions) -> str:
     """One lock per root and name; under --shard, one per slice, so N machines sharing a root run together."""
     shard = options.shard
-    return name if shard is None else f"{name}.shard-{shard[0]}-of-{shard[1]}"
+    return name if shard is None else layout.shard_lock_name(name, *shard)
 
 
 def _shared_files_lock(name: str, options: FetchOptions):
