@@ -1,1 +1,1 @@
-"""stage"""
+"""Normalized rows -> a training stage: mixes, sampling, dedup, image checks, exports, report."""
