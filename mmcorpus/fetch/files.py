@@ -107,6 +107,9 @@ def download_file(spec: FileSpec, dest_dir: Path, options: DownloadOptions | Non
     if final.exists():
         try:
             digests = verify.verify_file(final, spec)
+            # A kill between the rename of the .part and the removal of its sidecars left them behind: they
+            # describe a download that is finished, and nothing else would ever remove them.
+            _discard(part_path(final))
             return DownloadResult(final, "present", final.stat().st_size, None, digests)
         except VerificationError as exc:
             aside = verify.move_aside(final)

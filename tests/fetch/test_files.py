@@ -48,6 +48,18 @@ def test_downloads_verifies_and_second_run_skips(mirror, tmp_path):
     assert len(mirror.hits("data/file.bin")) == 1  # verified from disk, not fetched again
 
 
+def test_sidecars_of_a_download_killed_after_its_rename_are_removed(mirror, tmp_path):
+    """The kill -9 window between `os.replace(part, final)` and the removal of the .part.json: the next run finds
+    the file present and verified, and must not leave the sidecar forever (a newcomer's flaky kill test)."""
+    url = mirror.put("data/file.bin", DATA)
+    download_file(spec_for(url), tmp_path, options())
+    (tmp_path / "file.bin.part.json").write_text('{"url": "x", "validator": null}')
+    (tmp_path / "file.bin.part.tmp").write_text("{")  # its temporary (layout.part_meta_temp)
+    again = download_file(spec_for(url), tmp_path, options())
+    assert again.status == "present"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["file.bin"]
+
+
 def test_resumes_with_range_after_cut_mid_body(mirror, tmp_path):
     url = mirror.put("file.bin", DATA)
     mirror.add("file.bin", Route(cut_after=131_072, times=1))
