@@ -68,7 +68,17 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A process killed (-9) but not yet reaped by its parent still answers kill(pid, 0): it is dead all the
+    same, and its locks and temporaries are free to take (Linux: state Z in /proc/<pid>/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

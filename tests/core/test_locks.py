@@ -146,6 +146,24 @@ def test_stale_pid_on_this_host_is_broken(root):
     assert _take(root, "cc12m")
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are read from /proc (Linux)")
+def test_holder_killed_but_not_yet_reaped_is_dead(root):
+    """kill -9 then an immediate re-run: until its parent reaps it, the killed holder is a zombie that still
+    answers kill(pid, 0). It holds nothing (the newcomer's 'exit 75 naming the dead pid')."""
+    proc = start_holder(root, "cc3m")
+    proc.kill()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the killed holder never became a zombie"
+        time.sleep(0.01)
+    try:
+        os.kill(proc.pid, 0)  # still there as far as signals go
+        with hold_lock(root, "cc3m") as me:
+            assert read_holder(root, "cc3m").token == me.token
+    finally:
+        proc.wait()
+
+
 def test_reused_pid_is_not_the_holder(root):
     # Our own pid is alive, but the lock was taken by an earlier process that had this pid.
     write_lock(root, "cc12m", pid=os.getpid(), pid_start=1)
