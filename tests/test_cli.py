@@ -149,3 +149,25 @@ def test_demo_runs_offline_end_to_end(tmp_path):
     result = json.loads(again.stdout)
     assert {r["status"] for r in result["normalize"].values()} == {"unchanged"}
     assert result["manifest"]["unchanged"] is True
+
+
+def test_own_dataset_joins_a_stage_by_its_spec(mirror, tmp_path):
+    """DESIGN.md 6.1: `--datasets` takes any registered dataset whose spec lists the stage in `stages:`."""
+    records = json.dumps([{"id": i, "conversations": [{"from": "human", "value": f"Question {i}?"},
+                                                       {"from": "gpt", "value": f"Answer {i}."}]}
+                          for i in range(3)]).encode()
+    specs = tmp_path / "specs"
+    write_spec(specs, "mine", mirror.put("mine.json", records), records, stages="[finetune]")
+    write_spec(specs, "other", mirror.put("other.json", records), records, stages="[pretrain]")
+    args = ["--root", str(tmp_path / "root"), "--config-dir", str(specs)]
+    assert mmcorpus(*args, "fetch", "mine", "other").returncode == 0
+    result = mmcorpus(*args, "prepare", "--stage", "finetune", "--datasets", "mine", "--json")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads(result.stdout)["manifest"]
+    assert [(d["dataset"], d["subset"]) for d in manifest["datasets"]] == [("mine", "main")]
+    assert manifest["total"]["kept"] == 3
+
+    refused = mmcorpus(*args, "prepare", "--stage", "finetune", "--datasets", "other")
+    assert refused.returncode == 2
+    line = one_line_error(refused)
+    assert "'other' is not in mix 'finetune'" in line and "stages:" in line and "--mix" in line

@@ -18,13 +18,8 @@ from mmcorpus.core.atomicio import read_json, write_json_atomic
 from mmcorpus.core.locks import hold_lock
 from mmcorpus.normalize.runner import normalize_subset
 from mmcorpus.registry import Registry
-from mmcorpus.stage.prepare import (
-    image_state,
-    normalized_files,
-    prepare_stage,
-    resolve_mix,
-    select_entries,
-)
+from mmcorpus.stage.mix import resolve_mix, select_entries
+from mmcorpus.stage.prepare import image_state, normalized_files, prepare_stage
 from mmcorpus.stage.report import format_stage_summary
 
 
@@ -46,7 +41,7 @@ def prepare(registry: Registry, root: Path, *, stage: str | None = None, mix_fil
     """Normalize the fetched datasets of the stage's mix, then build the stage; returns {normalize, stage}."""
     log = log or (lambda message: None)
     name, mix = resolve_mix(registry, stage, mix_file, config_dirs)
-    entries = select_entries(mix, datasets)
+    entries = select_entries(mix, datasets, registry, name)
     normalized = {}
     for entry in entries:
         normalized[entry.label] = normalize_if_changed(registry, root, entry.dataset, entry.subset,

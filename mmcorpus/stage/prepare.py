@@ -1,8 +1,4 @@
-"""Stage mixes (configs/stages/*.yaml) and `prepare_stage`, which turns normalized datasets into a stage.
-
-A mix is a user-editable YAML file (see configs/stages/pretrain.yaml for every key). Loading is as strict as
-the registry: unknown keys, unknown datasets/subsets and impossible sampling rules are UsageErrors (exit 2)
-naming the file and the key.
+"""`prepare_stage`, which turns normalized datasets into a stage (its mix: mmcorpus.stage.mix).
 
 `prepare_stage` writes `<root>/stages/<stage>/`:
     data/<stage>-NNNNN.parquet      the samples, UNIFIED_SCHEMA, row groups of `row_group_rows`
@@ -31,148 +27,24 @@ from mmcorpus.core.atomicio import read_json, write_json_atomic
 from mmcorpus.core.locks import hold_lock
 from mmcorpus.errors import UsageError
 from mmcorpus.registry import (
-    NAME_RE,
-    Fields,
     Registry,
-    as_int,
-    as_str,
-    config_dirs,
-    did_you_mean,
-    one_of,
-    read_yaml,
 )
 from mmcorpus.stage.build import Context, Entry, build_entry
 from mmcorpus.stage.dedup import Deduper
 from mmcorpus.stage.exports import write_llava_json, write_webdataset
 from mmcorpus.stage.imagecheck import ImageChecker
+from mmcorpus.stage.mix import (
+    Mix,
+    MixEntry,
+    resolve_mix,
+    select_entries,
+)
 from mmcorpus.stage.report import write_report
-from mmcorpus.stage.sampling import Rule, parse_rule
 from mmcorpus.stage.shards import StageWriter
 from mmcorpus.stage.stats import StageStats
 
 FORMATS = ("parquet", "llava", "webdataset")
-TEXT_ONLY = ("keep", "drop")
 MANIFEST_VERSION = 1
-
-
-# ------------------------------------------------------------------------------------------------- mixes
-
-
-@dataclass(frozen=True)
-class MixEntry:
-    dataset: str
-    subset: str
-    rule: Rule
-    seed: int | None = None  # overrides the mix seed for this entry
-
-    @property
-    def label(self) -> str:
-        return f"{self.dataset}/{self.subset}"
-
-
-@dataclass(frozen=True)
-class Mix:
-    name: str
-    source: Path
-    entries: tuple[MixEntry, ...]
-    description: str = ""
-    text_only: str = "keep"  # keep | drop text-only samples
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "source": str(self.source),
-            "text_only": self.text_only,
-            "seed": self.seed,
-            "datasets": [{"dataset": e.dataset, "subset": e.subset, "sample": str(e.rule), "seed": e.seed} for e in self.entries],
-        }
-
-
-def _entry(item, index: int, source: Path, registry: Registry) -> MixEntry:
-    f = Fields(item, f"datasets[{index}]", source)
-    dataset = f.get("dataset", as_str, required=True)
-    subset = f.get("subset", as_str, required=True)
-    rule = f.get("sample", parse_rule, Rule("all"))
-    seed = f.get("seed", as_int)
-    f.done()
-    spec = registry.specs.get(dataset)
-    if spec is None:
-        hint = did_you_mean(dataset, [s.name for s in registry.datasets()])
-        raise f.error("dataset", f"names unknown dataset '{dataset}'{hint}")
-    if spec.kind != "dataset":
-        raise f.error("dataset", f"names '{dataset}', which is an image collection, not a dataset")
-    if subset not in spec.files or spec.files[subset].role != "annotations":
-        known = ", ".join(k for k, v in spec.files.items() if v.role == "annotations")
-        raise f.error("subset", f"names unknown subset '{subset}' of {dataset} (known: {known})")
-    return MixEntry(dataset, subset, rule, seed)
-
-
-def parse_mix(data, source: Path, registry: Registry) -> Mix:
-    top = Fields(data, "", source)
-    name = top.get("name", as_str, required=True)
-    if not NAME_RE.match(name):
-        raise top.error("name", f"must be lower-case letters, digits, '_', '-' or '.', got {name!r}")
-    items = top.get("datasets", lambda v: v if isinstance(v, list) and v else _fail_list(), required=True)
-    entries = tuple(_entry(item, i, source, registry) for i, item in enumerate(items))
-    labels = [e.label for e in entries]
-    for i, label in enumerate(labels):
-        if label in labels[:i]:
-            raise top.error(f"datasets[{i}]", f"repeats {label}; list each dataset/subset once")
-    mix = Mix(
-        name=name,
-        source=source,
-        entries=entries,
-        description=top.get("description", as_str, ""),
-        text_only=top.get("text_only", one_of(*TEXT_ONLY), "keep"),
-        seed=top.get("seed", as_int, 0),
-    )
-    top.done()
-    return mix
-
-
-def _fail_list():
-    raise TypeError("must be a non-empty list of {dataset, subset, sample} entries")
-
-
-def load_mix(path: Path, registry: Registry) -> Mix:
-    return parse_mix(read_yaml(Path(path), "mix"), Path(path), registry)
-
-
-def stage_files(extra_dirs: Iterable[str | Path] = ()) -> dict[str, Path]:
-    """Known stage mixes by name: configs/stages/*.yaml, overridden by <config dir>/stages/*.yaml of users."""
-    found: dict[str, Path] = {}
-    for directory in config_dirs(extra_dirs):
-        for path in layout.stage_mix_files(directory):
-            found[path.stem] = path
-    return found
-
-
-def resolve_mix(registry: Registry, stage: str | None, mix_file: str | Path | None, extra_dirs=()) -> tuple[str, Mix]:
-    """The stage name (the output folder) and its mix: `mix_file` if given, else the stage's built-in mix."""
-    if stage is not None and not NAME_RE.match(stage):
-        raise UsageError(f"bad stage name {stage!r}: use lower-case letters, digits, '_', '-' or '.'")
-    if mix_file is not None:
-        mix = load_mix(Path(mix_file), registry)
-        return stage or mix.name, mix
-    if stage is None:
-        raise UsageError("say which stage to prepare: --stage pretrain|finetune, or --mix FILE")
-    known = stage_files(extra_dirs)
-    if stage not in known:
-        raise UsageError(f"unknown stage '{stage}' (known: {', '.join(sorted(known))}); or pass your own --mix FILE")
-    return stage, load_mix(known[stage], registry)
-
-
-def select_entries(mix: Mix, datasets: Iterable[str] | None) -> tuple[MixEntry, ...]:
-    """`--datasets a,b:subset`: keep the entries of the mix named by dataset or dataset:subset."""
-    if not datasets:
-        return mix.entries
-    wanted = [d.replace(":", "/") for d in datasets]
-    for name in wanted:
-        if not any(name in (e.dataset, e.label) for e in mix.entries):
-            have = ", ".join(e.label for e in mix.entries)
-            raise UsageError(f"--datasets: '{name}' is not in mix '{mix.name}' (it has: {have})")
-    return tuple(e for e in mix.entries if e.dataset in wanted or e.label in wanted)
 
 
 # ------------------------------------------------------------------------------------------ inputs on disk
@@ -294,7 +166,7 @@ def prepare_stage(
     name, mix = resolve_mix(registry, stage, mix_file, config_dirs)
     formats = _check_formats(formats)
     seed = mix.seed if seed is None else seed
-    chosen = select_entries(mix, datasets)
+    chosen = select_entries(mix, datasets, registry, name)
     entries, missing = _locate(root, chosen, seed)
     if not entries:
         fetch = " ".join(dict.fromkeys(e.dataset for e in chosen))

@@ -34,14 +34,8 @@ from mmcorpus.errors import (
 from mmcorpus.registry import Registry
 from mmcorpus.schema import UNIFIED_SCHEMA
 from mmcorpus.stage.imagecheck import POOL_MIN, ImageCheck, ImageChecker
-from mmcorpus.stage.prepare import (
-    load_mix,
-    prepare_stage,
-    prepared_stages,
-    read_manifest,
-    resolve_mix,
-    stage_files,
-)
+from mmcorpus.stage.mix import load_mix, resolve_mix, stage_files
+from mmcorpus.stage.prepare import prepare_stage, prepared_stages, read_manifest
 from mmcorpus.stage.sampling import Rule, parse_rule
 
 
