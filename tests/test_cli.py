@@ -171,3 +171,11 @@ def test_own_dataset_joins_a_stage_by_its_spec(mirror, tmp_path):
     assert refused.returncode == 2
     line = one_line_error(refused)
     assert "'other' is not in mix 'finetune'" in line and "stages:" in line and "--mix" in line
+
+
+@pytest.mark.parametrize("option,value", [("--timeout", "-1"), ("--workers", "0"), ("--threads", "0"),
+                                          ("--limit", "0"), ("--tasks", "0")])
+def test_a_bad_number_names_its_option(tmp_path, option, value):
+    result = mmcorpus("fetch", "cc3m", option, value, "--dry-run", "--root", str(tmp_path))
+    assert result.returncode == 2
+    assert option in one_line_error(result)

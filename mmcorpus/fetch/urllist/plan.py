@@ -70,10 +70,13 @@ class UrlListOptions:
         )
 
     def check(self) -> None:
-        if self.workers < 1 or self.threads < 1 or self.host_connections < 1:
-            raise UsageError("--workers, --threads and the per-host connection cap must be at least 1")
-        if self.shard_size < 1 or self.timeout <= 0 or self.max_bytes < 1:
-            raise UsageError("shard size, --timeout and the byte cap must be positive")
+        for name, value in (("--workers", self.workers), ("--threads", self.threads),
+                            ("the per-host connection cap", self.host_connections), ("the shard size", self.shard_size),
+                            ("the byte cap", self.max_bytes)):
+            if value < 1:
+                raise UsageError(f"{name} must be at least 1, got {value}")
+        if not self.timeout > 0:
+            raise UsageError(f"--timeout must be a positive number of seconds, got {self.timeout}")
         if self.resize is not None and self.resize < MIN_RESIZE:
             raise UsageError(f"--resize expects a size in pixels (>= {MIN_RESIZE}) or 'none', got {self.resize}")
         if self.image_check not in CHECKS:
