@@ -179,3 +179,14 @@ def test_a_bad_number_names_its_option(tmp_path, option, value):
     result = mmcorpus("fetch", "cc3m", option, value, "--dry-run", "--root", str(tmp_path))
     assert result.returncode == 2
     assert option in one_line_error(result)
+
+
+def test_verify_of_an_empty_root_says_nothing_was_fetched(tmp_path):
+    root = tmp_path / "no-such-root"
+    everything = mmcorpus("verify", "--root", str(root))
+    assert everything.returncode == 0
+    assert f"nothing fetched under {root}" in everything.stdout and "all verified" not in everything.stdout
+    asked = mmcorpus("verify", "cc3m", "--root", str(root), "--json")
+    assert asked.returncode == 1  # asked about a name that is not there
+    report = json.loads(asked.stdout)
+    assert report["fetched"] == [] and report["ok"] is False and report["root"] == str(root)

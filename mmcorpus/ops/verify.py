@@ -54,6 +54,8 @@ def run(registry: Registry, root: Path, name: str | None = None, *, workers: int
     if name is not None:
         registry.get(name)
     report = verify_root(registry, root, name, workers=workers, repair=repair)
+    if not report["fetched"]:  # "all verified" of nothing would be a lie; asked about a name, it is a failure
+        report["ok"] = report["ok"] and name is None
     if repair and report.get("refetch"):
         options = FetchOptions(root=Path(root), rewrite=rewrite or UrlRewriter())
         report["repair"], _ = fetch_command.run(registry, report["refetch"], options)
@@ -78,10 +80,15 @@ def verify_root(registry: Registry, root: Path, name: str | None = None, *, work
     report = {"root": str(root), "items": items, "bad": [b for i in items.values() for b in i["bad"]],
               "refetch": [], "moved_aside": []}
     report["ok"] = not report["bad"]
+    report["fetched"] = [n for n, item in items.items() if _anything_on_disk(item)]
     if repair:
         for item in items.values():
             _repair(registry.get(item["name"]), item, root, report)
     return report
+
+
+def _anything_on_disk(item: dict) -> bool:
+    return bool(item["files"] or item["archives"] or (item["images"] or {}).get("checked"))
 
 
 def _verify_spec(spec: Spec, root: Path, pool: ProcessPoolExecutor, workers: int) -> dict:
@@ -265,8 +272,12 @@ def _repair(spec: Spec, item: dict, root: Path, report: dict) -> None:
 
 def format_verify(report: dict, max_bad: int = 20) -> str:
     """Per spec one line, then the bad files (the first `max_bad`), then what repair did."""
-    lines = []
+    lines = [f"root: {report['root']}"]
+    if not report.get("fetched", True):
+        return "\n".join(lines + [f"nothing fetched under {report['root']}"])
     for item in report["items"].values():
+        if item["name"] not in report.get("fetched", report["items"]):
+            continue  # nothing of it on disk: nothing was checked
         files = f"{sum(f['ok'] for f in item['files'])}/{len(item['files'])} files ok"
         members = sum(a["members"] - a["missing"] for a in item["archives"])
         images = item["images"] or {}
