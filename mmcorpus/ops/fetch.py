@@ -69,6 +69,7 @@ def format_report(report: dict) -> str:
             lines.append(f"  file {f['key']}: {f['status']} ({' '.join(str(detail).split())})")
         for images in t.get("images", []):
             lines.append("  images " + _images_line(images))
+            lines += [f"    {hint}" for hint in _policy_hints(images)]
         for archive in t.get("archives", []):
             lines.append("  " + _archive_line(archive))
         if t.get("manual"):
@@ -99,3 +100,16 @@ def _images_line(images: dict) -> str:
     if images.get("malformed"):
         text += "; malformed lines: " + ", ".join(f"{k} {v}" for k, v in images["malformed"].items())
     return text
+
+
+def _policy_hints(images: dict) -> list[str]:
+    """Refusals a flag would lift (a re-run with it fetches those rows again)."""
+    failed = images.get("failed") or {}
+    hints = []
+    if failed.get("blocked_url"):
+        hints.append(f"{failed['blocked_url']} URLs refused by the address policy (not http/https, or a "
+                     "private/loopback address: pass --allow-private-hosts, or --mirror for a mirror host)")
+    if failed.get("opted_out"):
+        hints.append(f"{failed['opted_out']} images opted out of AI use by X-Robots-Tag (--ignore-opt-out "
+                     "fetches them; mind their licence)")
+    return hints

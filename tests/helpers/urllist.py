@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 import zlib
@@ -37,3 +38,20 @@ def status_rows(root: Path, dataset: str = "cc3m", subset: str = "train") -> lis
         assert table.schema.equals(STATUS_SCHEMA, check_metadata=False)
         rows += table.to_pylist()
     return rows
+
+
+def url_list_spec(folder: Path, mirror, rows: int = 12) -> list[str]:
+    """A URL-list dataset `mine` whose TSV and JPEGs the local mirror serves; returns its --config-dir args."""
+    lines = []
+    for i in range(rows):
+        out = io.BytesIO()
+        Image.new("RGB", (40 + i, 30), (i * 20, 0, 0)).save(out, "JPEG")
+        lines.append(f"picture {i}\t{mirror.put(f'img/{i}.jpg', out.getvalue())}")
+    data = ("\n".join(lines) + "\n").encode()
+    url = mirror.put("files/list.tsv", data)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mine.yaml").write_text("\n".join([
+        "name: mine", "kind: dataset", "files:", "  train:", f"    url: {url}", "    filename: list.tsv",
+        f"    size: {len(data)}", f"    sha256: {hashlib.sha256(data).hexdigest()}",
+        "format: {type: tsv, columns: [caption, url]}", "images: {from: url}"]) + "\n")
+    return ["--config-dir", str(folder)]

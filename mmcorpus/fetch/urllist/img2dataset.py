@@ -73,6 +73,7 @@ from mmcorpus.fetch.urllist.plan import (
     UrlListSummary,
     failed_row,
     keep_previous,
+    recorded_policy,
     shard_already_done,
     shard_from_env,
     shard_jobs,
@@ -173,11 +174,12 @@ def _rows_to_fetch(plan: ShardPlan, rows: list[Row], images_root: Path, options:
     """The shard's rows img2dataset must fetch: not kept from an earlier run, not refused by our URL policy
     (those become blocked_url rows of the plan)."""
     previous = read_status(plan.paths)
+    recorded = recorded_policy(plan.paths)  # before stored_with_same_resize may remove the marker
     same_form = stored_with_same_resize(plan.paths, options)
     todo = []
     for row in rows:
         old = previous.get(key_for(row.index))
-        if old is not None and old["url"] == row.url and keep_previous(old, images_root, options, same_form):
+        if old is not None and old["url"] == row.url and keep_previous(old, images_root, options, same_form, recorded):
             continue
         if refused(options.rewrite(row.url) if options.rewrite else row.url, options) is not None:
             plan.blocked.append(failed_row(row, "blocked_url", None))
@@ -282,7 +284,8 @@ def finish_shard(plan: ShardPlan, fetched_rows: dict[str, dict], options: UrlLis
     fetched = len(fetched_rows) + len(plan.blocked)
     fetched_ok = sum(r["status"] == "ok" for r in fetched_rows.values())
     write_status(paths, ordered)
-    stats = {**shard_stats(paths.shard, plan.end, ordered, fetched, fetched_ok, plan.malformed, options.resize),
+    stats = {**shard_stats(paths.shard, plan.end, ordered, fetched, fetched_ok, plan.malformed, options.resize,
+                                options.policy()),
              "engine": "img2dataset"}
     write_marker(paths, stats)
     return stats

@@ -53,6 +53,7 @@ from mmcorpus.fetch.urllist.plan import (
     UrlListSummary,
     failed_row,
     keep_previous,
+    recorded_policy,
     shard_already_done,
     shard_from_env,
     shard_jobs,
@@ -283,12 +284,13 @@ class ShardWorker:
         """Rows of an earlier status parquet that need no new fetch."""
         kept = {}
         previous = read_status(job.paths)
+        recorded = recorded_policy(job.paths)  # before stored_with_same_resize may remove the marker
         same_form = stored_with_same_resize(job.paths, self.options)
         for row in job.rows:
             key = key_for(row.index)
             old = previous.get(key)
             if old is not None and old["url"] == row.url and keep_previous(old, job.paths.images_root,
-                                                                           self.options, same_form):
+                                                                           self.options, same_form, recorded):
                 kept[key] = {**old, "caption": row.caption}
         return kept
 
@@ -324,6 +326,7 @@ class ShardWorker:
 
 
 def _shard_stats(job: ShardJob, rows: list[dict], fetched: int, fetched_ok: int, options: UrlListOptions) -> dict:
-    return shard_stats(job.paths.shard, job.end, rows, fetched, fetched_ok, job.malformed, options.resize)
+    return shard_stats(job.paths.shard, job.end, rows, fetched, fetched_ok, job.malformed, options.resize,
+                       options.policy())
 
 

@@ -69,6 +69,12 @@ class UrlListOptions:
             allow_private_hosts=self.allow_private_hosts,
         )
 
+    def policy(self) -> dict:
+        """What decided `blocked_url` and `opted_out` rows, recorded in each done marker: when it loosens,
+        those rows are fetched again (DESIGN.md 6.1)."""
+        return {"allow_private_hosts": self.allow_private_hosts, "mirror_hosts": sorted(self.mirror_hosts),
+                "respect_opt_out": self.respect_opt_out}
+
     def check(self) -> None:
         for name, value in (("--workers", self.workers), ("--threads", self.threads),
                             ("the per-host connection cap", self.host_connections), ("the shard size", self.shard_size),
@@ -207,7 +213,32 @@ def shard_already_done(job, options: UrlListOptions) -> dict | None:
         return None
     if marker.get("resize") != options.resize:
         return None  # stored with another --resize: the images must be fetched again in the asked form
+    if any(policy_refusal_lifted(error, marker_policy(marker), options) for error in marker.get("failed", {})):
+        return None  # rows a stricter policy refused are now allowed
     return marker
+
+
+DEFAULT_POLICY = {"allow_private_hosts": False, "mirror_hosts": [], "respect_opt_out": True}
+
+
+def marker_policy(marker: dict | None) -> dict:
+    """The policy a shard was fetched under (markers written before it was recorded: the defaults)."""
+    return {**DEFAULT_POLICY, **((marker or {}).get("policy") or {})}
+
+
+def recorded_policy(paths: ShardPaths) -> dict:
+    return marker_policy(read_marker(paths))
+
+
+def policy_refusal_lifted(error: str | None, recorded: dict, options: UrlListOptions) -> bool:
+    """Whether a row that failed with `error` under the `recorded` policy may succeed under this run's:
+    `blocked_url` after --allow-private-hosts or a new --mirror host, `opted_out` after --ignore-opt-out."""
+    if error == "blocked_url":
+        return (options.allow_private_hosts and not recorded["allow_private_hosts"]) or bool(
+            set(options.mirror_hosts) - set(recorded["mirror_hosts"]))
+    if error == "opted_out":
+        return recorded["respect_opt_out"] and not options.respect_opt_out
+    return False
 
 
 def stored_with_same_resize(paths: ShardPaths, options: UrlListOptions) -> bool:
@@ -222,8 +253,10 @@ def stored_with_same_resize(paths: ShardPaths, options: UrlListOptions) -> bool:
     return False
 
 
-def keep_previous(old: dict, images_root: Path, options: UrlListOptions, same_form: bool) -> bool:
-    """An earlier status row that needs no new fetch (both engines' rule)."""
+def keep_previous(old: dict, images_root: Path, options: UrlListOptions, same_form: bool,
+                  recorded: dict | None = None) -> bool:
+    """An earlier status row that needs no new fetch (both engines' rule). `recorded`: the policy the row was
+    fetched under (recorded_policy), so that a refusal the policy no longer makes is fetched again."""
     if old["status"] == "ok":
         stored = images_root / old["image_path"] if old["image_path"] else None
         if stored is not None and not same_form:  # another --resize: replace it (the extension may change)
@@ -232,6 +265,8 @@ def keep_previous(old: dict, images_root: Path, options: UrlListOptions, same_fo
         # The file must still be the one the row describes: deleted by the user, or replaced by an
         # interrupted run with another --resize (same name, other bytes), it is fetched again.
         return stored is not None and _size(stored) == old["bytes"]
+    if policy_refusal_lifted(old["error"], recorded or DEFAULT_POLICY, options):
+        return False
     return not (options.retry_failed and is_transient(old["error"], old["http_status"]))
 
 
@@ -253,7 +288,7 @@ def failed_row(row: Row, error: str, http_status: int | None) -> dict:
 
 
 def shard_stats(shard: int, end: int, rows: list[dict], fetched: int, fetched_ok: int, malformed,
-                resize: int | None) -> dict:
+                resize: int | None, policy: dict | None = None) -> dict:
     """The done marker's content: counts by outcome of a shard's status rows (every engine writes this)."""
     failed: dict[str, int] = {}
     transient = 0
@@ -265,5 +300,5 @@ def shard_stats(shard: int, end: int, rows: list[dict], fetched: int, fetched_ok
     return dict(
         shard=shard, end=end, rows=len(rows), ok=ok, failed=failed, transient=transient,
         bytes=sum(r["bytes"] or 0 for r in rows if r["status"] == "ok"), fetched=fetched, fetched_ok=fetched_ok,
-        malformed=[[m.line, m.reason] for m in malformed], resize=resize,
+        malformed=[[m.line, m.reason] for m in malformed], resize=resize, policy=policy or DEFAULT_POLICY,
     )

@@ -2,30 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-from pathlib import Path
 
 import pytest
 from helpers.cli import mmcorpus, one_line_error
-from PIL import Image
-
-
-def url_list_spec(folder: Path, mirror, rows: int = 12) -> list[str]:
-    lines = []
-    for i in range(rows):
-        out = io.BytesIO()
-        Image.new("RGB", (40 + i, 30), (i * 20, 0, 0)).save(out, "JPEG")
-        lines.append(f"picture {i}\t{mirror.put(f'img/{i}.jpg', out.getvalue())}")
-    data = ("\n".join(lines) + "\n").encode()
-    url = mirror.put("files/list.tsv", data)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "mine.yaml").write_text("\n".join([
-        "name: mine", "kind: dataset", "files:", "  train:", f"    url: {url}", "    filename: list.tsv",
-        f"    size: {len(data)}", f"    sha256: {hashlib.sha256(data).hexdigest()}",
-        "format: {type: tsv, columns: [caption, url]}", "images: {from: url}"]) + "\n")
-    return ["--config-dir", str(folder)]
+from helpers.urllist import url_list_spec
 
 
 def test_executor_ray_from_the_command_line(tmp_path, mirror):
