@@ -300,7 +300,7 @@ def prepare(
                                           "one of your --config-dir.")] = None,
     mix: Annotated[Optional[Path], value("--mix", metavar="FILE", help="Your own mix YAML instead of a stage.")] = None,
     datasets: Annotated[Optional[str], value("--datasets", metavar="NAME[:SUBSET],...",
-                                             help="Only these datasets of the mix.")] = None,
+                                             help="Only these: entries of the mix, or any dataset whose spec lists the stage in stages:.")] = None,
     fmt: Annotated[Optional[list[str]], value("--format", metavar=FORMATS, show_default=False,
                                               help="Exports besides parquet (always written); repeatable.")] = None,
     seed: Annotated[Optional[int], value("--seed", metavar="N", help="Seed of random:N sampling and caption "
