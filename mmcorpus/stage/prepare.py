@@ -6,7 +6,9 @@
     webdataset/<stage>-NNNNN.tar    with formats "webdataset"
     report.html, manifest.json      counts per dataset, drops by reason, versions, the input fingerprint
 It is incremental and atomic: the inputs (normalized file names, sizes and mtimes, image-collection markers,
-the mix and the options) are fingerprinted, and a run whose fingerprint matches the manifest does nothing.
+the mix and the options) are fingerprinted, and a run whose fingerprint matches the manifest does nothing. A run
+that only asks for other exports (`--format`, samples per tar) keeps the data shards (hard links, the same
+bytes) and the exports whose options did not change, and writes only what is new.
 Otherwise the stage is built in a temporary sibling folder and swapped in (old renamed aside, new renamed in,
 old deleted), so readers never see a half-written stage and a failed prepare leaves the previous one intact.
 """
@@ -45,6 +47,7 @@ from mmcorpus.stage.stats import StageStats
 
 FORMATS = ("parquet", "llava", "webdataset")
 MANIFEST_VERSION = 1
+EXPORT_OPTIONS = ("formats", "samples_per_tar")  # options that change the exports only, never data/
 
 
 # ------------------------------------------------------------------------------------------ inputs on disk
@@ -136,6 +139,7 @@ class _Plan:
     missing: list[dict]
     options: dict
     stamp: str = ""
+    data_stamp: str = ""  # the fingerprint without EXPORT_OPTIONS: equal means data/ would be byte for byte equal
 
 
 def prepare_stage(
@@ -178,6 +182,8 @@ def prepare_stage(
     with hold_lock(root, layout.stage_lock_name(name), command=f"prepare {name}"):  # exit 75 if another prepare runs
         _recover(final)
         plan.stamp = fingerprint(root, registry, entries, mix, options)
+        data_options = {k: v for k, v in options.items() if k not in EXPORT_OPTIONS}
+        plan.data_stamp = fingerprint(root, registry, entries, mix, data_options)
         current = read_manifest(root, name)
         if not force and current and current.get("fingerprint") == plan.stamp:
             log(f"stage {name}: nothing changed since {current.get('created')}")
@@ -185,7 +191,10 @@ def prepare_stage(
         tmp = layout.stage_building(final, os.getpid())
         try:
             tmp.mkdir(parents=True)
-            manifest = _build(registry, root, tmp, plan, workers, log)
+            if not force and _data_reusable(current, final, plan):
+                manifest = _reexport(root, final, tmp, current, plan, log)
+            else:
+                manifest = _build(registry, root, tmp, plan, workers, log)
             _swap_in(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -246,6 +255,59 @@ def _build(registry: Registry, root: Path, out: Path, plan: _Plan, workers: int 
     return manifest
 
 
+# ------------------------------------------------------------------------- other exports, the same data
+
+
+def _data_reusable(current: dict | None, final: Path, plan: _Plan) -> bool:
+    """True when the stage on disk has the data this run would write (only export options differ)."""
+    if not current or current.get("data_fingerprint") != plan.data_stamp:
+        return False
+    files = (current.get("outputs") or {}).get("parquet", {}).get("files") or []
+    folder = layout.stage_parquet_dir(final)
+    return bool(files) and all((folder / f["file"]).is_file() for f in files)
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    """dest gets the files of source as hard links (the same bytes, no copy), copies where links fail."""
+    for path in sorted(source.rglob("*")):
+        target = dest / path.relative_to(source)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+
+
+def _reexport(root: Path, final: Path, out: Path, current: dict, plan: _Plan, log) -> dict:
+    """The stage of `current` with this run's exports: data/ and every unchanged export kept, the rest written."""
+    _link_tree(layout.stage_parquet_dir(final), layout.stage_parquet_dir(out))
+    old_outputs, old_options = current.get("outputs") or {}, current.get("options") or {}
+    outputs = {"parquet": old_outputs["parquet"]}
+    keep = [f for f in plan.options["formats"] if f in old_outputs and f != "parquet"
+            and (f != "webdataset" or old_options.get("samples_per_tar") == plan.options["samples_per_tar"])]
+    for fmt in keep:
+        _link_tree(final / old_outputs[fmt]["folder"], out / old_outputs[fmt]["folder"])
+        outputs[fmt] = old_outputs[fmt]
+    todo = [f for f in plan.options["formats"] if f != "parquet" and f not in keep]
+    log(f"stage {plan.name}: data unchanged, " + (f"writing {', '.join(todo)}" if todo else "updating the exports"))
+    parquet_files = [layout.stage_parquet_dir(out) / s["file"] for s in outputs["parquet"]["files"]]
+    images_root = layout.images_root(root)
+    todo_plan = _Plan(plan.name, plan.mix, plan.entries, plan.missing, plan.options | {"formats": ["parquet", *todo]})
+    outputs.update(_exports(out, parquet_files, images_root, todo_plan, log))
+    manifest = {**current, "created": _now(), "mmcorpus_version": __version__, "fingerprint": plan.stamp,
+                "options": plan.options, "outputs": {f: outputs[f] for f in plan.options["formats"]}}
+    write_report(manifest, out, images_root)
+    write_json_atomic(layout.stage_manifest(out), manifest, indent=2)
+    return manifest
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def _exports(out: Path, parquet_files: list[Path], images_root: Path, plan: _Plan, log) -> dict:
     outputs, options = {}, plan.options
     if "llava" in options["formats"]:
@@ -265,7 +327,7 @@ def _file_metadata(registry: Registry, plan: _Plan) -> dict:
     sources = [{"dataset": e.dataset, "subset": e.subset, "license": registry.specs[e.dataset].license,
                 "spec_version": registry.specs[e.dataset].version, "homepage": registry.specs[e.dataset].homepage}
                for e in plan.entries]
-    return {"stage": plan.name, "datasets": json.dumps(sources), "fingerprint": plan.stamp}  # + mmcorpus_version
+    return {"stage": plan.name, "datasets": json.dumps(sources), "fingerprint": plan.data_stamp}  # + mmcorpus_version
 
 
 def _manifest(registry: Registry, plan: _Plan, summaries: list[dict], outputs: dict, stats: StageStats) -> dict:
@@ -275,9 +337,10 @@ def _manifest(registry: Registry, plan: _Plan, summaries: list[dict], outputs: d
             drops[reason] = drops.get(reason, 0) + n
     return {
         "stage": plan.name,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": _now(),
         "mmcorpus_version": __version__,
         "fingerprint": plan.stamp,
+        "data_fingerprint": plan.data_stamp,
         "mix": plan.mix.to_dict(),
         "options": plan.options,
         "total": {

@@ -331,6 +331,30 @@ def test_changed_input_or_options_rebuild(pretrain_root, registry):
     assert not prepare_stage(registry, pretrain_root, "pretrain", formats=["parquet", "llava"])["unchanged"]
 
 
+def test_another_format_set_keeps_the_data_shards_and_unchanged_exports(pretrain_root, registry):
+    stage = pretrain_root / "stages/pretrain"
+    first = prepare_stage(registry, pretrain_root, "pretrain", formats=["parquet", "webdataset"])
+    data = stage / "data/pretrain-00000.parquet"
+    inode = data.stat().st_ino
+    lines = []
+    plain = prepare_stage(registry, pretrain_root, "pretrain", log=lines.append)
+    assert not plain["unchanged"] and data.stat().st_ino == inode  # the same file: not rewritten
+    assert not (stage / "webdataset").exists() and lines == ["stage pretrain: data unchanged, updating the exports"]
+    assert plain["total"] == first["total"] and plain["data_fingerprint"] == first["data_fingerprint"]
+    assert set(plain["outputs"]) == {"parquet"} and plain["options"]["formats"] == ["parquet"]
+    llava = prepare_stage(registry, pretrain_root, "pretrain", formats=["parquet", "llava"])
+    export = stage / "llava/pretrain.json"
+    assert data.stat().st_ino == inode and json.loads(export.read_text())
+    export_inode = export.stat().st_ino
+    both = prepare_stage(registry, pretrain_root, "pretrain", formats=["parquet", "llava", "webdataset"])
+    assert data.stat().st_ino == inode and export.stat().st_ino == export_inode
+    assert both["outputs"]["webdataset"]["shards"] and both["outputs"]["llava"] == llava["outputs"]["llava"]
+    assert read_manifest(pretrain_root, "pretrain")["fingerprint"] == both["fingerprint"] != first["fingerprint"]
+    assert prepare_stage(registry, pretrain_root, "pretrain", formats=["parquet", "llava", "webdataset"])["unchanged"]
+    rebuilt = prepare_stage(registry, pretrain_root, "pretrain", force=True)  # --force still rebuilds everything
+    assert data.stat().st_ino != inode and rebuilt["total"] == first["total"]
+
+
 def test_failed_prepare_keeps_the_previous_stage(pretrain_root, registry, monkeypatch):
     prepare_stage(registry, pretrain_root, "pretrain")
     before = sorted(p.name for p in (pretrain_root / "stages/pretrain").rglob("*"))
