@@ -47,6 +47,7 @@ from mmcorpus.stage.stats import StageStats
 
 FORMATS = ("parquet", "llava", "webdataset")
 MANIFEST_VERSION = 1
+FORMAT_NAMES = {"llava": "LLaVA", "tsv": "TSV"}  # format.type as users name it, in messages
 EXPORT_OPTIONS = ("formats", "samples_per_tar")  # options that change the exports only, never data/
 
 
@@ -171,10 +172,9 @@ def prepare_stage(
     formats = _check_formats(formats)
     seed = mix.seed if seed is None else seed
     chosen = select_entries(mix, datasets, registry, name)
-    entries, missing = _locate(root, chosen, seed)
+    entries, missing = _locate(root, registry, chosen, seed)
     if not entries:
-        fetch = " ".join(dict.fromkeys(e.dataset for e in chosen))
-        raise UsageError(f"nothing fetched for stage {name}: run mmcorpus fetch {fetch} (then prepare again)")
+        raise UsageError(_nothing_usable(name, missing))
     options = {"formats": formats, "seed": seed, "rows_per_shard": rows_per_shard, "row_group_rows": row_group_rows,
                "samples_per_tar": samples_per_tar, "datasets": [e.label for e in chosen]}
     plan = _Plan(name, mix, entries, missing, options)
@@ -221,15 +221,39 @@ def _check_formats(formats: Iterable[str]) -> list[str]:
     return ["parquet"] + [f for f in formats if f != "parquet"]
 
 
-def _locate(root: Path, chosen: Iterable[MixEntry], seed: int) -> tuple[list[Entry], list[dict]]:
+def _locate(root: Path, registry: Registry, chosen: Iterable[MixEntry], seed: int) -> tuple[list[Entry], list[dict]]:
+    """The chosen entries with normalized rows on disk, and the others with why they are left out."""
     entries, missing = [], []
     for e in chosen:
         files = normalized_files(root, e.dataset, e.subset)
         if files:
             entries.append(Entry(e.dataset, e.subset, e.rule, e.seed if e.seed is not None else seed, files))
-        else:
-            missing.append({"dataset": e.dataset, "subset": e.subset, "fetch": f"mmcorpus fetch {e.dataset}"})
+            continue
+        fetch = f"mmcorpus fetch {e.dataset}"
+        missing.append({"dataset": e.dataset, "subset": e.subset, "fetch": fetch,
+                        "reason": _all_rejected(root, registry, e.dataset, e.subset) or "not fetched"})
     return entries, missing
+
+
+def _all_rejected(root: Path, registry: Registry, dataset: str, subset: str) -> str | None:
+    """'all 5 records rejected (missing_conversations 5): is this LLaVA format?' when the normalizer read the
+    file and kept nothing, else None (the file is simply not fetched)."""
+    upstream = upstream_failures(root, dataset, subset)
+    records = upstream.get("records")
+    if not isinstance(records, int) or records <= 0:
+        return None
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(upstream["rejected"].items(), key=lambda kv: -kv[1]))
+    fmt = registry.specs[dataset].format_type if dataset in registry.specs else None
+    question = f": is this {FORMAT_NAMES.get(fmt, fmt)} format?" if fmt else ""
+    return f"all {records} records rejected ({reasons or 'no reasons recorded'}){question}"
+
+
+def _nothing_usable(stage: str, missing: list[dict]) -> str:
+    rejected = [f"{m['dataset']}/{m['subset']}: {m['reason']}" for m in missing if m["reason"] != "not fetched"]
+    if rejected:
+        return f"stage {stage} has no usable records: " + "; ".join(rejected)
+    fetch = " ".join(dict.fromkeys(m["dataset"] for m in missing))
+    return f"nothing fetched for stage {stage}: run mmcorpus fetch {fetch} (then prepare again)"
 
 
 def _build(registry: Registry, root: Path, out: Path, plan: _Plan, workers: int | None, log) -> dict:
