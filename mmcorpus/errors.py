@@ -1,8 +1,11 @@
 """Expected failures and the exit codes they map to (DESIGN.md §2).
 
 Every error a user can cause or meet in normal operation is one of these; the CLI prints its message on one
-line and exits with its code. Anything else is a bug and keeps its traceback.
+line and exits with its code. Anything else is a bug and keeps its traceback, except a full disk (an OSError
+of DISK_FULL_ERRNOS), which the CLI also prints on one line (disk_full_message).
 """
+
+import errno
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a required step failed (metadata unreachable, verification failed, below --min-success)
@@ -49,3 +52,22 @@ class LockedError(MMCorpusError):
     """Another run holds the lock on this root and dataset."""
 
     exit_code = EXIT_LOCKED
+
+
+class DiskFullError(MMCorpusError):
+    """A write failed for want of space, quota or file size; what is finished stays, a re-run goes on."""
+
+
+# No space left (ENOSPC), over quota (EDQUOT), over the file size limit (EFBIG: `ulimit -f`, some file systems).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def disk_full_message(exc: OSError, hint: str = "free space and re-run", where: str = "a file") -> str:
+    """`disk full writing <path>: No space left on device; free space and re-run`; `where` stands in for the
+    path when the error names none (write() raises ENOSPC without a file name)."""
+    path = exc.filename if exc.filename is not None else where
+    return f"disk full writing {path}: {exc.strerror or exc}; {hint}"

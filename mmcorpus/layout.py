@@ -20,6 +20,7 @@ Beside the root, a config directory (built-in configs/, MMCORPUS_CONFIG_DIR, --c
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -42,6 +43,74 @@ DONE = ".done"  # a finished unit of work: an extracted archive, a URL-list shar
 MANIFEST = "manifest.json"  # a prepared stage's description
 STAGE_REPORT = "report.html"
 LOCK_SUFFIX = ".lock"  # <root>/.locks/<lock name>.lock
+NAME_MAX = 255  # bytes in one path component (Linux, macOS): temporary names must fit it too
+# The longest name of a downloaded file: its siblings `<name>.part.json`, `.mmcorpus/<name>.verified.json` and
+# `.rejected/<name>.<YYYYmmddTHHMMSS>.<pid>` (the longest, 24 bytes more) must fit NAME_MAX too.
+MAX_FILE_NAME = NAME_MAX - 32
+
+# Names that are ours wherever they appear: never taken from a spec, an archive member or a dataset file.
+BOOKKEEPING_FOLDERS = (BOOKKEEPING, REJECTED)
+BOOKKEEPING_SUFFIXES = (PART, PART + ".json", PART + ".tmp", TEMP, DONE)  # part_meta_path, part_meta_temp
+
+
+# ----------------------------------------------------------------------------------- the one path check
+
+
+class UnsafePath(ValueError):
+    """A value that must not become a path below a folder of ours. `escapes`: it could leave the folder or
+    no file system stores it safely (absolute, '..', backslash, NUL); otherwise it is empty or spells one of
+    our bookkeeping names (a forged done marker, a temporary the sweep would delete)."""
+
+    def __init__(self, path: str, reason: str, *, escapes: bool):
+        super().__init__(f"{reason}, got {path!r}")
+        self.path, self.reason, self.escapes = path, reason, escapes
+
+
+def safe_relative(path: str) -> str:
+    """The one check of every value that becomes a path below a folder of ours: spec paths, file names and
+    keys, archive members, image paths of dataset files. Returns it normalised (`./a//b/` -> `a/b`);
+    raises UnsafePath. UNSAFE_PATH_PATTERN is the same rule as one regular expression."""
+    reason = _escape_reason(path)
+    if reason:
+        raise UnsafePath(path, reason, escapes=True)
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if not parts:
+        raise UnsafePath(path, "is empty", escapes=False)
+    for part in parts:
+        if part in BOOKKEEPING_FOLDERS or part.endswith(BOOKKEEPING_SUFFIXES):
+            raise UnsafePath(path, f"uses the bookkeeping name {part!r} (mmcorpus's own: "
+                             f"{', '.join(BOOKKEEPING_FOLDERS)}, *{', *'.join(BOOKKEEPING_SUFFIXES)})",
+                             escapes=False)
+    return "/".join(parts)
+
+
+def _escape_reason(path: str) -> str | None:
+    if not isinstance(path, str):
+        return f"must be a string, not {type(path).__name__}"
+    if "\0" in path:
+        return "contains a NUL byte"
+    if path.startswith("/") or path[1:2] == ":":
+        return "is an absolute path"
+    if "\\" in path:
+        return "contains a backslash (Windows path separators are ambiguous)"
+    if ".." in path.split("/"):
+        return "contains a '..' component"
+    return None
+
+
+def _pattern() -> str:
+    """safe_relative as one pattern (a match means unsafe) for Python's re and Arrow's RE2, which checks
+    whole batches of image paths at once (tests/registry/test_paths.py holds the two to the same cases)."""
+    folders = "|".join(re.escape(name) for name in BOOKKEEPING_FOLDERS)
+    suffixes = "|".join(re.escape(name) for name in BOOKKEEPING_SUFFIXES)
+    return "|".join([
+        r"\x00", r"^/", r"^[^/]:", r"\\", r"(^|/)\.\.(/|$)",  # escapes
+        r"^(\.?/)*\.?$",  # empty: nothing but '/' and '.'
+        rf"(^|/)({folders})(/|$)", rf"({suffixes})(/|$)",  # bookkeeping names
+    ])
+
+
+UNSAFE_PATH_PATTERN = _pattern()
 
 
 # ----------------------------------------------------------------------------------------------- the root
@@ -168,8 +237,14 @@ def part_meta_temp(part: Path) -> Path:
 
 def temporary_sibling(final: Path, owner: str) -> Path:
     """The temporary name `final` is written under before its rename (`.<name>.<owner>.mmpart`); `owner`
-    tells whose it is (mmcorpus.core.atomicio: host, pid and thread), so stale ones can be swept."""
-    return final.with_name(f".{final.name}.{owner}{TEMP}")
+    tells whose it is (mmcorpus.core.atomicio: host, pid and thread), so stale ones can be swept. When that
+    would pass NAME_MAX (a legitimate 220-255 byte name), `<name>` is replaced by a hash of it: same folder
+    (so the rename stays atomic), same owner ending (so the sweep still knows whose it is)."""
+    name = f".{final.name}.{owner}{TEMP}"
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        digest = hashlib.sha256(final.name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        name = f".{digest}.{owner}{TEMP}"
+    return final.with_name(name)
 
 
 def verified_record(path: Path) -> Path:

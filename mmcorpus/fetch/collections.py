@@ -10,20 +10,27 @@ Manual collections (SA-1B: signed, expiring links) have archives without a URL. 
 `manual_source`: a folder holding the archives by their file names, a single archive, or a folder of
 already-extracted images. What cannot be found is reported, never an error: datasets that need it keep the
 samples whose image is on disk.
+
+An archive that is unsafe, broken or not an archive (ArchiveError) is one failed entry of the summary (its
+error logged, its name in `failed_files`, so the fetch exits 1), never the end of the fetch: the other
+archives go on. Members the extraction refused (archives.py: bookkeeping names, a file where a folder is, an
+encrypted zip member, ...) are counted in the archive's entry (`refused`, `refused_reasons`) and logged.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from mmcorpus import layout
 from mmcorpus.core.atomicio import sweep_stale_temporaries, temporary_name
 from mmcorpus.errors import UsageError
 from mmcorpus.fetch.archives import (
+    ArchiveError,
     Limits,
     Mapping,
     archive_members,
@@ -35,6 +42,8 @@ from mmcorpus.fetch.archives import (
 # sweep walks the whole folder, so it runs once per fetch and only when something is extracted: SA-1B's 51
 # tars share one folder of ~11M files, and a cron re-run of a finished collection extracts nothing.
 _swept: set[Path] = set()
+log = logging.getLogger("mmcorpus")
+DEFAULT_LIMITS = Limits()
 
 
 def _extract(archive: Path, dest: Path, mapping: Mapping, **options) -> dict:
@@ -59,15 +68,16 @@ def fetch_collection(
     delete_archives: bool = False,
     manual_source: str | Path | None = None,
     only: Iterable[str] | None = None,
-    limits: Limits = Limits(),
+    limits: Limits = DEFAULT_LIMITS,
 ) -> dict:
     """Download and extract every archive of collection `spec`; return a plain summary.
 
     `only`: archive names to fetch. Without it: the non-optional archives, plus the optional manual ones that
     are given (`manual_source`) or already placed in <root>/downloads/<name>/.
     Summary: {"collection", "path", "archives": [{"name", "status", ...counts}], "missing": [names],
-    "manual": instructions or None}. Status is one of: extracted, done (marker found, nothing to do),
-    copied (manual image folder), missing (manual archive not provided).
+    "failed_files": [names], "refused": members refused in all archives, "manual": instructions or None}.
+    Status is one of: extracted, done (marker found, nothing to do), copied (manual image folder), missing
+    (manual archive not provided), failed (ArchiveError: "error" says why).
     """
     placed = layout.downloads_dir(root, spec.name)  # where a user may put manual downloads by hand
     chosen = _chosen(spec, only, manual_source, placed)
@@ -87,6 +97,8 @@ def fetch_collection(
         "path": spec.path,
         "archives": results,
         "missing": [r["name"] for r in results if r["status"] == "missing"],
+        "failed_files": [r["name"] for r in results if r["status"] == "failed"],
+        "refused": sum(r.get("refused", 0) for r in results),
         "manual": spec.manual if any(r["status"] == "missing" for r in results) else None,
     }
 
@@ -111,8 +123,23 @@ def _fetch_one(spec, archive, root: Path, dest: Path, download: Download, delete
         return {**done, "name": archive.key, "status": "done"}
     downloads.mkdir(parents=True, exist_ok=True)
     path = Path(download(archive, downloads))
-    report = _extract(path, dest, mapping, limits=limits, delete_after=delete, name=archive.filename)
-    return {**report, "name": archive.key, "status": "extracted"}
+    return _attempt(archive.key, lambda: _extract(path, dest, mapping, limits=limits, delete_after=delete,
+                                                  name=archive.filename))
+
+
+def _attempt(name: str, extract: Callable[[], dict]) -> dict:
+    """One archive's summary entry from `extract()`: an ArchiveError is a failed entry (logged once), and
+    members refused by this extraction are logged with their reasons."""
+    try:
+        report = extract()
+    except ArchiveError as exc:
+        log.error("%s", exc)
+        return {"name": name, "status": "failed", "error": str(exc)}
+    if report.get("refused") and not report["skipped"]:
+        reasons = "; ".join(f"{reason} {entry['count']} (e.g. {entry['examples'][0]})"
+                            for reason, entry in sorted(report["refused_reasons"].items()))
+        log.warning("%s: %d members refused and not extracted: %s", name, report["refused"], reasons)
+    return {**report, "name": name, "status": "done" if report["skipped"] else "extracted"}
 
 
 # ------------------------------------------------------------------------------------- manual sources
@@ -157,16 +184,19 @@ def _manual_file(archives: list, source: Path, dest: Path, limits: Limits) -> li
     match = next((a for a in archives if a.filename == source.name), None)
     results = [_extract_manual(match, source, dest, limits)] if match else []
     if match is None:
-        archive_members(source)  # raises a clear ArchiveError when it is not an archive at all
         mapping = Mapping.of(archives[0]) if archives else Mapping()
-        report = _extract(source, dest, mapping, limits=limits)
-        results.append({**report, "name": source.name, "status": "done" if report["skipped"] else "extracted"})
+        results.append(_attempt(source.name, lambda: _unnamed_archive(source, dest, mapping, limits)))
     return results + [_missing(a, "not provided") for a in archives if a is not match]
 
 
+def _unnamed_archive(source: Path, dest: Path, mapping: Mapping, limits: Limits) -> dict:
+    archive_members(source)  # raises a clear ArchiveError when it is not an archive at all
+    return _extract(source, dest, mapping, limits=limits)
+
+
 def _extract_manual(archive, path: Path, dest: Path, limits: Limits) -> dict:
-    report = _extract(path, dest, Mapping.of(archive), limits=limits, name=archive.filename)
-    return {**report, "name": archive.key, "status": "done" if report["skipped"] else "extracted"}
+    return _attempt(archive.key, lambda: _extract(path, dest, Mapping.of(archive), limits=limits,
+                                                  name=archive.filename))
 
 
 def _missing(archive, reason: str) -> dict:

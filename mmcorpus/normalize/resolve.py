@@ -1,12 +1,15 @@
 """Image paths of annotation files against the images on disk (<root>/images).
 
 - `is_unsafe_path`: the image paths in dataset files are untrusted; LLaVA joins them to the image folder
-  unchecked (reference 11), so absolute paths, `..`, NUL and backslashes are refused before any use.
+  unchecked (reference 11), so absolute paths, `..`, NUL, backslashes and our bookkeeping names are refused
+  before any use (layout.safe_relative, the one path check; UNSAFE_PATH_PATTERN is the same rule for RE2).
 - `ImageResolver`: finds the file a path means, with the fallbacks the real collections need, and counts what
   it saw. Missing images are counted and reported, never fatal (SAM: about half can be missing, P13).
-  * wikiart names with `#Uxxxx` escapes (P11): decode the escapes as they are (the result looks like mojibake;
-    do not repair it), then try the extensions .gif .jpg .jpeg .png on the raw and the decoded name. The
-    extension fallback applies to every missing path: users renamed OCR-VQA GIFs to .gif (P9).
+  * wikiart names with `#Uxxxx` escapes (P11): under wikiart/ only, decode the escapes as they are (the result
+    looks like mojibake; do not repair it), then try the extensions .gif .jpg .jpeg .png on the raw and the
+    decoded name. A decoded name is checked again (`#U002e#U002e/` decodes to `../`, `#U0000` to NUL): the
+    record is refused (`resolve_images` counts it as bad_image_path). The extension fallback applies to every
+    missing path: users renamed OCR-VQA GIFs to .gif (P9).
   * OCR-VQA files named .jpg are often GIF or PNG (P9): the format is sniffed from the first bytes and
     mismatches are counted; the JSON's name is kept (that is the name on disk).
 Directory listings are cached (one scandir per folder instead of a stat per image): 665k lookups cost a few
@@ -19,23 +22,55 @@ import os
 import re
 from pathlib import Path
 
+import pyarrow as pa
+
+from mmcorpus import layout
+from mmcorpus.normalize.job import Rejects
+
 FALLBACK_EXTENSIONS = (".gif", ".jpg", ".jpeg", ".png")
 SNIFF_PREFIXES = ("ocr_vqa/",)  # collections whose file extensions are known to lie
+ESCAPED_PREFIXES = ("wikiart/",)  # collections whose JSON names carry #Uxxxx escapes (P11)
+BAD_IMAGE_PATH = "bad_image_path"  # the reject reason (the LLaVA normalizer's, for the same rule)
 MAX_EXAMPLES = 5
 _ESCAPE = re.compile(r"#U([0-9a-fA-F]{4})")
 _MAGIC = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG", "png"), (b"GIF8", "gif"), (b"BM", "bmp"))
 _EXTENSION_FORMAT = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".gif": "gif", ".bmp": "bmp", ".webp": "webp"}
 
 
-# Empty, absolute (/x, C:x), a backslash, a NUL byte, or a '..' component. One pattern for Python's re and
-# Arrow's RE2 (the LLaVA normalizer checks whole batches with it).
-UNSAFE_PATH_PATTERN = r"^$|^/|^.:|\\|\x00|(^|/)\.\.(/|$)"
-_UNSAFE_PATH = re.compile(UNSAFE_PATH_PATTERN)
+UNSAFE_PATH_PATTERN = layout.UNSAFE_PATH_PATTERN  # the LLaVA normalizer checks whole batches with it (RE2)
 
 
 def is_unsafe_path(path: str) -> bool:
     """Whether an image path from a dataset file must not be joined to the image root."""
-    return _UNSAFE_PATH.search(path) is not None
+    try:
+        layout.safe_relative(path)
+    except layout.UnsafePath:
+        return True
+    return False
+
+
+def resolve_images(batch: pa.RecordBatch, resolver: ImageResolver, rejects: Rejects) -> pa.RecordBatch:
+    """Image paths as found on disk (wikiart escapes, other extensions); a missing image keeps the path the
+    file gives, and is counted by the resolver. A record whose path is unsafe, as given or once decoded, is
+    dropped and counted in `rejects` (bad_image_path, with its record index from the sample_id)."""
+    column = batch.schema.get_field_index("image_path")
+    paths = batch.column(column).to_pylist()
+    found, keep = [], []
+    for row, path in enumerate(paths):
+        try:
+            found.append(path if path is None else resolver.resolve(path) or path)
+            keep.append(row)
+        except layout.UnsafePath:
+            rejects.add(BAD_IMAGE_PATH, _record_index(batch, row))
+    if found == paths:
+        return batch
+    batch = batch.take(pa.array(keep, pa.int64())) if len(keep) < len(paths) else batch
+    return batch.set_column(column, batch.schema.field(column), pa.array(found, pa.string()))
+
+
+def _record_index(batch: pa.RecordBatch, row: int) -> int:
+    """`<dataset>/<subset>/<index>` -> index (the record's position in its file or byte range)."""
+    return int(batch.column(batch.schema.get_field_index("sample_id"))[row].as_py().rsplit("/", 1)[1])
 
 
 def decode_escapes(name: str) -> str:
@@ -64,7 +99,9 @@ class ImageResolver:
         self.formats: dict[str, int] = {}  # "gif named .jpg" -> count
 
     def resolve(self, path: str) -> str | None:
-        """The path of the file on disk (relative to the root; may differ from `path`), or None if missing."""
+        """The path of the file on disk (relative to the root; may differ from `path`), or None if missing.
+        Raises layout.UnsafePath when `path`, or the name its escapes decode to, fails the one path check."""
+        layout.safe_relative(path)
         found = self._exists(path) and path or self._fallback(path)
         if found is None:
             self._count_missing(path)
@@ -94,13 +131,15 @@ class ImageResolver:
         try:
             with os.scandir(self.root / folder) as entries:
                 return frozenset(e.name for e in entries if e.is_file())
-        except OSError:  # missing folder: the collection is not fetched (yet)
-            return frozenset()
+        except (OSError, ValueError):  # missing folder (the collection is not fetched yet), or a name the
+            return frozenset()  # file system cannot encode
 
     def _fallback(self, path: str) -> str | None:
-        if not self._names(path.rpartition("/")[0]) and "#U" not in path:
+        decoded = decode_escapes(path) if path.startswith(ESCAPED_PREFIXES) and "#U" in path else path
+        if decoded != path:
+            layout.safe_relative(decoded)  # the same rule again: escapes can spell '../', '/' or NUL
+        elif not self._names(path.rpartition("/")[0]):
             return None  # empty or absent folder (collection not fetched): no other name can exist
-        decoded = decode_escapes(path) if "#U" in path else path
         candidates = [decoded] if decoded != path else []
         for name in dict.fromkeys((path, decoded)):
             stem, dot, ext = name.rpartition(".")
@@ -119,7 +158,7 @@ class ImageResolver:
         try:
             with open(self.root / path, "rb") as f:
                 real = sniff_format(f.read(12))
-        except OSError:
+        except (OSError, ValueError):
             real = "unreadable"
         ext = os.path.splitext(path)[1].lower()
         if _EXTENSION_FORMAT.get(ext) != real:

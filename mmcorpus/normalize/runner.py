@@ -38,7 +38,7 @@ from mmcorpus.core.parquet import (
 from mmcorpus.errors import BadInputError
 from mmcorpus.normalize.formats import normalizer_module
 from mmcorpus.normalize.job import Job, Rejects
-from mmcorpus.normalize.resolve import MAX_EXAMPLES, ImageResolver
+from mmcorpus.normalize.resolve import MAX_EXAMPLES, ImageResolver, resolve_images
 
 MIN_SPLIT_BYTES = 64 << 20  # below this, one process is as fast as several
 MAX_WORKERS = 8
@@ -154,7 +154,7 @@ def _run_part(plan: _Plan, staging: Path, index: int, byte_range) -> dict:
                              row_group_size=SPILL_BATCH_ROWS)
     with writer, _no_cyclic_gc():
         for batch in normalizer_module(plan.spec.format_type).normalize(job):
-            writer.write_batch(_resolve_images(batch, resolver))
+            writer.write_batch(resolve_images(batch, resolver, job.rejects))
     return {"index": index, "files": writer.files, "rows": writer.rows, "records": job.rejects.total + writer.rows,
             "rejects": job.rejects, "stats": job.stats, "images": resolver.report()}
 
@@ -170,17 +170,6 @@ def _no_cyclic_gc():
     finally:
         if enabled:
             gc.enable()
-
-
-def _resolve_images(batch: pa.RecordBatch, resolver: ImageResolver) -> pa.RecordBatch:
-    """Image paths as found on disk (wikiart escapes, other extensions); a missing image keeps the path the
-    file gives, and is counted by the resolver."""
-    column = batch.schema.get_field_index("image_path")
-    paths = batch.column(column).to_pylist()
-    found = [path if path is None else resolver.resolve(path) or path for path in paths]
-    if found == paths:
-        return batch
-    return batch.set_column(column, batch.schema.field(column), pa.array(found, pa.string()))
 
 
 def _part_worker(plan: _Plan, staging: Path, index: int, byte_range) -> dict:

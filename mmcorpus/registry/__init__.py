@@ -38,6 +38,25 @@ from mmcorpus.registry.spec import (
     Spec,
 )
 
-__all__ = ["FILE_ROLES", "FORMAT_TYPES", "NAME_RE", "STAGES", "Fields", "FileSpec", "as_bool", "as_int", "as_str",
-           "as_str_list", "one_of", "Registry", "Spec", "builtin_config_dir",
-           "config_dirs", "did_you_mean", "load_spec_file", "parse_spec", "read_yaml", "spec_to_dict"]
+__all__ = [
+    "FILE_ROLES",
+    "FORMAT_TYPES",
+    "NAME_RE",
+    "STAGES",
+    "Fields",
+    "FileSpec",
+    "Registry",
+    "Spec",
+    "as_bool",
+    "as_int",
+    "as_str",
+    "as_str_list",
+    "builtin_config_dir",
+    "config_dirs",
+    "did_you_mean",
+    "load_spec_file",
+    "one_of",
+    "parse_spec",
+    "read_yaml",
+    "spec_to_dict",
+]

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
 from mmcorpus.errors import ConfigError, UsageError
 from mmcorpus.registry.parse import parse_spec
 from mmcorpus.registry.spec import Spec
+
+log = logging.getLogger("mmcorpus.registry")
 
 # ------------------------------------------------------------------------------------------------ loading
 
@@ -66,34 +70,59 @@ class Registry:
     """All known specs by name. Later folders override earlier ones (a user file may replace a built-in)."""
 
     specs: dict[str, Spec] = field(default_factory=dict)
+    # User spec files that did not load, by file stem: a command about another name still runs (each is logged
+    # as a warning when the registry loads); a command about that name gets the file's own error.
+    broken: dict[str, ConfigError] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, extra_dirs: Iterable[str | Path] = ()) -> "Registry":
+    def load(cls, extra_dirs: Iterable[str | Path] = ()) -> Registry:
         registry = cls()
+        builtin = builtin_config_dir()
         for directory in config_dirs(extra_dirs):
             if not directory.is_dir():
                 raise ConfigError(f"{directory}: config directory does not exist")
             seen_here: dict[str, Path] = {}
             for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
-                spec = load_spec_file(path)
+                try:
+                    spec = load_spec_file(path)
+                except ConfigError as exc:
+                    if directory == builtin:
+                        raise
+                    registry._set_aside(path.stem, exc)
+                    continue
                 if spec.name in seen_here:
                     raise ConfigError(f"{path}: name '{spec.name}' is already defined in {seen_here[spec.name]}")
                 seen_here[spec.name] = path
                 registry.specs[spec.name] = spec
-        registry.check_references()
+        registry.check_references(builtin)
         return registry
 
-    def check_references(self) -> None:
-        for spec in self.specs.values():
+    def _set_aside(self, name: str, exc: ConfigError) -> None:
+        self.broken[name] = exc
+        log.warning("%s (this spec is skipped)", exc)
+
+    def check_references(self, builtin: Path | None = None) -> None:
+        """Every collection a dataset names exists; a user spec that names a missing one is set aside."""
+        for spec in list(self.specs.values()):
             for name in spec.collections:
                 other = self.specs.get(name)
                 if other is None or other.kind != "collection":
-                    raise ConfigError(f"{spec.source}: key 'images.collections' names unknown collection '{name}'")
+                    error = ConfigError(f"{spec.source}: key 'images.collections' names unknown collection '{name}'"
+                                        + (f" (its spec did not load: {self.broken[name]})" if name in self.broken
+                                           else ""))
+                    if builtin is None or Path(spec.source).parent == builtin:
+                        raise error
+                    del self.specs[spec.name]
+                    self._set_aside(spec.name, error)
+                    self.broken.setdefault(Path(spec.source).stem, error)  # a command may name it by its file
+                    break
 
     def get(self, name: str) -> Spec:
         try:
             return self.specs[name]
         except KeyError:
+            if name in self.broken:
+                raise self.broken[name] from None
             raise UsageError(f"unknown dataset or collection '{name}'{did_you_mean(name, self.specs)}") from None
 
     def with_collections(self, name: str) -> list[Spec]:

@@ -15,6 +15,8 @@ from mmcorpus.registry.fields import (
     file_name,
     hex_digest,
     one_of,
+    optional_relative_path,
+    path_prefix,
     relative_path,
     stage_names,
 )
@@ -26,33 +28,43 @@ def _file_spec(f: Fields, key: str, *, archive: bool) -> FileSpec:
     manual = f.get("manual", as_str)
     if url is None and manual is None:
         raise f.error("url", "is required (or give 'manual' instructions)")
-    values: dict[str, Any] = dict(
-        key=key,
-        url=url,
-        filename=f.get("filename", file_name) or default_filename(url, key),
-        size=f.get("size", as_int),
-        sha256=f.get("sha256", hex_digest("sha256")),
-        md5=f.get("md5", hex_digest("md5")),
-        mirrors=f.get("mirrors", as_str_list, ()),
-        optional=f.get("optional", as_bool, False),
-        manual=manual,
-    )
+    values: dict[str, Any] = {
+        "key": key,
+        "url": url,
+        "filename": f.get("filename", file_name) or url_file_name(f, url, key),
+        "size": f.get("size", as_int),
+        "sha256": f.get("sha256", hex_digest("sha256")),
+        "md5": f.get("md5", hex_digest("md5")),
+        "mirrors": f.get("mirrors", as_str_list, ()),
+        "optional": f.get("optional", as_bool, False),
+        "manual": manual,
+    }
     if archive:
         values.update(
-            strip=f.get("strip", as_str, ""),
-            into=f.get("into", relative_path, ""),
+            strip=f.get("strip", path_prefix, ""),
+            into=f.get("into", optional_relative_path, ""),
             include=f.get("include", as_str_list, ()),
         )
     else:
         values.update(
             role=f.get("role", one_of(*FILE_ROLES), "annotations"),
             stages=f.get("stages", stage_names, ()),
-            image_prefix=f.get("image_prefix", relative_path, ""),
+            image_prefix=f.get("image_prefix", optional_relative_path, ""),
             columns=f.get("columns", as_str_list, ()),
             records=f.get("records", as_int),
         )
     f.done()
     return FileSpec(**values)
+
+
+def url_file_name(f: Fields, url: str | None, key: str) -> str:
+    """The file name `url` saves as (its last component, else `key`), through the same check as a given
+    `filename`: a URL that yields no safe name is an error of the spec, naming its `url`."""
+    name = default_filename(url, key)
+    try:
+        return file_name(name)
+    except ValueError as exc:
+        raise f.error("url", f"gives no usable file name ({exc}); set 'filename'") from None
 
 
 def parse_spec(data: Any, source: Path) -> Spec:
@@ -62,19 +74,19 @@ def parse_spec(data: Any, source: Path) -> Spec:
     if not NAME_RE.match(name):
         raise top.error("name", f"must be lower-case letters, digits, '_', '-' or '.', got {name!r}")
     kind = top.get("kind", one_of("dataset", "collection"), required=True)
-    common = dict(
-        name=name,
-        kind=kind,
-        source=source,
-        title=top.get("title", as_str, ""),
-        description=top.get("description", as_str, ""),
-        license=top.get("license", as_str, ""),
-        homepage=top.get("homepage", as_str, ""),
-        citation=top.get("citation", as_str, ""),
-        version=top.get("version", as_int, 1),
-        notes=top.get("notes", as_str, ""),
-        manual=top.get("manual", as_str),
-    )
+    common = {
+        "name": name,
+        "kind": kind,
+        "source": source,
+        "title": top.get("title", as_str, ""),
+        "description": top.get("description", as_str, ""),
+        "license": top.get("license", as_str, ""),
+        "homepage": top.get("homepage", as_str, ""),
+        "citation": top.get("citation", as_str, ""),
+        "version": top.get("version", as_int, 1),
+        "notes": top.get("notes", as_str, ""),
+        "manual": top.get("manual", as_str),
+    }
     spec = _parse_dataset(top, common) if kind == "dataset" else _parse_collection(top, common)
     top.done()
     return spec
@@ -87,6 +99,7 @@ def _parse_dataset(top: Fields, common: dict) -> Spec:
         raise top.error("files", "is required and must name at least one file")
     files = {}
     for key in list(files_node.data):
+        files_node.key_name(key)
         sub = files_node.sub(str(key))
         if sub is None:
             raise files_node.error(str(key), "must be a mapping with at least 'url'")
@@ -123,8 +136,8 @@ def _parse_collection(top: Fields, common: dict) -> Spec:
     top.seen.add("archives")
     archives = []
     for i, item in enumerate(archives_raw):
-        sub = Fields(item, f"archives[{i}]", top.source)
-        name = sub.get("name", as_str) or default_filename(sub.data.get("url"), f"archive{i}")
+        sub = Fields(item, f"archives[{i}]", top.source, parent=top)
+        name = sub.get("name", file_name) or url_file_name(sub, sub.get("url", as_str), f"archive{i}")
         archives.append(_file_spec(sub, name, archive=True))
     if not archives and common["manual"] is None:
         raise top.error("archives", "is required (or give 'manual' instructions)")

@@ -17,16 +17,17 @@ from mmcorpus.fetch.archives import (
     ArchiveError,
     Limits,
     Mapping,
+    expected_members,
     extract_archive,
     marker_path,
 )
 
 
-def make_zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] = {}) -> Path:
+def make_zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in members.items():
             zf.writestr(name, data)
-        for name, target in symlinks.items():
+        for name, target in (symlinks or {}).items():
             info = zipfile.ZipInfo(name)
             info.external_attr = (stat.S_IFLNK | 0o777) << 16
             zf.writestr(info, target)
@@ -247,3 +248,13 @@ def test_stale_temporaries_of_dead_runs_are_swept(tmp_path):
     dead.write_bytes(b"left by a killed run")
     assert sweep_stale_temporaries(dest) == 1
     assert mine.exists() and not dead.exists()
+
+
+def test_expected_members_skip_what_extraction_refuses(tmp_path):
+    """What `verify` compares with the disk: the members extraction writes, by the same decisions."""
+    archive = make_zip(tmp_path / "a.zip", {"p/1.jpg": b"1", "p/.mmcorpus/b.zip.done": b"{}", "p/x.mmpart": b"t",
+                                            "q/2.jpg": b"2", "p/sub/3.jpg": b"33"})
+    mapping = Mapping(strip="p")
+    assert sorted(expected_members(archive, mapping)) == [("1.jpg", 1), ("sub/3.jpg", 2)]
+    extract_archive(archive, tmp_path / "out", mapping)
+    assert all((tmp_path / "out" / rel).stat().st_size == size for rel, size in expected_members(archive, mapping))

@@ -151,8 +151,8 @@ def test_collections_needed_by_longest_prefix():
 
 def test_the_collection_folder_is_swept_once_per_fetch_and_only_when_extracting(root, mirror, monkeypatch):
     """The sweep for killed runs' temporaries walks the whole folder (SA-1B: ~11M files in one)."""
-    import mmcorpus.fetch.collections as collections
     from mmcorpus.core.atomicio import temporary_name
+    from mmcorpus.fetch import collections
 
     archives = [{"url": mirror.put(f"zips/p{i}.zip", zip_bytes({f"{i}.jpg": b"x"}))} for i in range(3)]
     spec = collection(name="parts", path="parts", archives=archives)
@@ -169,3 +169,29 @@ def test_the_collection_folder_is_swept_once_per_fetch_and_only_when_extracting(
     assert sorted(p.name for p in dest.glob("*.jpg")) == ["0.jpg", "1.jpg", "2.jpg"]
     fetch_collection(spec, root, http_download)  # everything done: nothing extracted, nothing walked
     assert sweeps == [dest]
+
+
+def test_a_broken_archive_is_a_failed_entry_and_the_others_go_on(root, mirror, caplog):
+    page = mirror.put("zips/quota.zip", b"<!DOCTYPE html><html>Google Drive quota exceeded</html>")
+    good = mirror.put("zips/good.zip", zip_bytes({"1.jpg": b"1"}))
+    spec = collection(name="two", path="two", archives=[{"url": page}, {"url": good}])
+    with caplog.at_level("ERROR", logger="mmcorpus"):
+        summary = fetch_collection(spec, root, http_download)
+    assert [(a["name"], a["status"]) for a in summary["archives"]] == [("quota.zip", "failed"), ("good.zip", "extracted")]
+    assert "not a zip or tar" in summary["archives"][0]["error"] and summary["failed_files"] == ["quota.zip"]
+    assert [r.getMessage() for r in caplog.records] == [summary["archives"][0]["error"]]  # logged once
+    assert (root / "images/two/1.jpg").exists()
+
+
+def test_refused_members_are_in_the_summary_and_the_log(root, mirror, caplog):
+    url = mirror.put("zips/pics.zip", zip_bytes({"1.jpg": b"1", "1.jpg.part": b"p", ".mmcorpus/x.done": b"{}"}))
+    spec = collection(name="pics", path="pics", archives=[{"url": url}])
+    with caplog.at_level("WARNING", logger="mmcorpus"):
+        summary = fetch_collection(spec, root, http_download)
+    (entry,) = summary["archives"]
+    assert (entry["extracted"], entry["refused"], summary["refused"]) == (1, 2, 2)
+    assert entry["refused_reasons"] == {"bookkeeping_name": {"count": 2, "examples": ["1.jpg.part", ".mmcorpus/x.done"]}}
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("pics.zip: 2 members refused") and "bookkeeping_name 2" in line
+    again = fetch_collection(spec, root, http_download)  # the marker keeps the counts; nothing logged again
+    assert again["archives"][0]["status"] == "done" and again["refused"] == 2

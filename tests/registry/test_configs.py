@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from helpers.cli import mmcorpus
 
+from mmcorpus.demo.localmirror import Route
 from mmcorpus.errors import ConfigError
 from mmcorpus.registry import Registry
 
@@ -160,7 +164,7 @@ def test_image_prefixes_follow_the_shared_layout(registry):
 
 def test_collection_folders_do_not_overlap(registry):
     paths = sorted(c.path for c in registry.collections())
-    for a, b in zip(paths, paths[1:]):
+    for a, b in itertools.pairwise(paths):
         assert a != b and not b.startswith(a + "/"), (a, b)
 
 
@@ -211,9 +215,10 @@ def user_dir(tmp_path: Path, monkeypatch) -> Path:
 
 
 def load_error(user_dir: Path, filename: str, text: str) -> str:
+    """The error a command about the spec in `filename` (by its file name) meets."""
     (user_dir / filename).write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError) as info:
-        Registry.load()
+        Registry.load().get(Path(filename).stem)
     return str(info.value)
 
 
@@ -230,6 +235,35 @@ def test_unknown_key_names_file_and_key(user_dir):
     message = load_error(user_dir, "typo.yaml", GOOD.replace("    size: 10", "    size: 10\n    sha265: abc"))
     assert str(user_dir / "typo.yaml") in message
     assert "files.train.sha265" in message and "not a known key" in message
+
+
+def test_every_unknown_key_is_named_at_once_with_the_nearest_known_key(user_dir):
+    text = GOOD.replace("    size: 10", "    size: 10\n    sha265: abc\n    filname: x.tsv").replace("stages:", "stage:")
+    message = load_error(user_dir, "typo.yaml", text)
+    assert "3 unknown keys" in message and "\n" not in message
+    assert "'files.train.sha265' (did you mean 'sha256'?)" in message
+    assert "'files.train.filname' (did you mean 'filename'?)" in message and "'stage' (did you mean 'stages'?)" in message
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("size: 10", 'size: "10"', "must be a number without quotes (write 10, not '10')"),
+    ("format: {type: tsv, columns: [caption, url]}", "format: {type: yes}", "(YAML reads yes/no/on/off as true/false)"),
+])
+def test_type_errors_say_what_to_write(user_dir, old, new, expected):
+    assert expected in load_error(user_dir, "mine.yaml", GOOD.replace(old, new))
+
+
+def test_a_broken_user_spec_names_itself_but_does_not_stop_other_names(tmp_path):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "mine.yaml").write_text(GOOD, encoding="utf-8")
+    (specs / "broken.yaml").write_text("name: broken\nkind: dataset\nfiles: [\n", encoding="utf-8")
+    args = ["--root", str(tmp_path / "root"), "--config-dir", str(specs)]
+    other = mmcorpus(*args, "info", "mine")
+    assert other.returncode == 0 and "broken.yaml: line 4: invalid YAML" in other.stderr
+    assert mmcorpus(*args, "info", "cc3m").returncode == 0
+    itself = mmcorpus(*args, "info", "broken")
+    assert itself.returncode == 2 and "mmcorpus: error: " + str(specs / "broken.yaml") in itself.stderr
 
 
 def test_wrong_type_names_file_and_key(user_dir):
@@ -274,4 +308,88 @@ def test_file_stages_refine_the_dataset_stages(tmp_path, monkeypatch):
                                      "files:\n  a:\n    url: https://x.org/a.json\n    stages: [midtrain]\n")
     monkeypatch.setenv("MMCORPUS_CONFIG_DIR", str(folder))
     with pytest.raises(ConfigError, match=r"bad.yaml: key 'files.a.stages' has unknown stage 'midtrain'"):
-        Registry.load()
+        Registry.load().get("bad")
+
+
+# ------------------------------------------------------------------------ spec values that become paths
+
+COLLECTION = """\
+name: pics
+kind: collection
+path: pics
+archives:
+  - url: https://example.org/pics.zip
+"""
+
+
+def load_spec(user_dir: Path, text: str, filename: str = "spec.yaml"):
+    (user_dir / filename).write_text(text, encoding="utf-8")
+    return Registry.load().get(text.split("\n", 1)[0].split(": ", 1)[1])
+
+
+@pytest.mark.parametrize("url, filename", [
+    ("https://example.org/d/..%2F..%2Foutside%2Fvictim.json", "victim.json"),  # no way out of downloads/<name>/
+    ("https://storage.googleapis.com/b/o/dir%2Fcc3m.tsv", "cc3m.tsv"),  # Google Cloud Storage object names
+    ("https://example.org/d/%2E%2E", "train"),  # nothing usable: the key, as for Google Drive's /view
+])
+def test_a_file_name_from_a_url_is_its_last_decoded_component(user_dir, url, filename):
+    spec = load_spec(user_dir, GOOD.replace("https://example.org/mine.tsv", url))
+    assert spec.files["train"].filename == filename
+
+
+@pytest.mark.parametrize("edit, key, words", [
+    (("https://example.org/mine.tsv", "https://example.org/a%00b.tsv"), "files.train.url", "NUL"),
+    (("https://example.org/mine.tsv", "https://example.org/mine.tsv.part"), "files.train.url", "bookkeeping"),
+    (("https://example.org/mine.tsv", "https://example.org/a%5C..%5Cb.tsv"), "files.train.url", "backslash"),
+    (("  train:", "  ../escape:"), "files.../escape", "'/'"),
+    (("  train:", "  .mmcorpus:"), "files..mmcorpus", "bookkeeping"),
+    (("    size: 10", "    size: 10\n    filename: x.done"), "files.train.filename", "bookkeeping"),
+    (("    size: 10", f"    size: 10\n    filename: {'n' * 240}"), "files.train.filename", "bytes"),
+    (("    size: 10", "    size: 10\n    image_prefix: /etc"), "files.train.image_prefix", "absolute"),
+])
+def test_a_bad_path_value_names_the_spec_and_its_key(user_dir, edit, key, words):
+    message = load_error(user_dir, "bad.yaml", GOOD.replace(*edit))
+    assert message.startswith(f"{user_dir / 'bad.yaml'}: key '{key}'") and words in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("edit, key, words", [
+    (("  - url: https://example.org/pics.zip", "  - url: https://example.org/pics.zip\n    name: ../x.zip"),
+     "archives[0].name", "'/'"),
+    (("  - url: https://example.org/pics.zip", "  - url: https://example.org/pics.zip\n    name: x.zip.mmpart"),
+     "archives[0].name", "bookkeeping"),
+    (("  - url: https://example.org/pics.zip", "  - url: https://example.org/..%2F.mmcorpus"),
+     "archives[0].url", "bookkeeping"),
+    (("path: pics", "path: /pics"), "path", "absolute"),
+    (("path: pics", "path: ''"), "path", "empty"),
+    (("  - url: https://example.org/pics.zip", "  - url: https://example.org/pics.zip\n    strip: a/../b"),
+     "archives[0].strip", "'..'"),
+])
+def test_a_bad_collection_value_names_the_spec_and_its_key(user_dir, edit, key, words):
+    message = load_error(user_dir, "bad.yaml", COLLECTION.replace(*edit))
+    assert message.startswith(f"{user_dir / 'bad.yaml'}: key '{key}'") and words in message
+
+
+def test_strip_is_a_folder_prefix(user_dir):
+    text = COLLECTION.replace("  - url: https://example.org/pics.zip",
+                              "  - url: https://example.org/pics.zip\n    strip: train2017")
+    assert load_spec(user_dir, text).archives[0].strip == "train2017/"
+
+
+def test_a_crafted_url_cannot_write_outside_the_root(tmp_path, mirror):
+    """`..%2F` in the URL's last component once saved outside the root, and with a sha256 in the spec moved an
+    existing file there to .rejected/ and replaced it."""
+    body = b"[]"
+    mirror.add("/d/..%2F..%2F..%2Fvictim.json", Route(body=body))
+    victim = tmp_path / "victim.json"
+    victim.write_bytes(b"precious")
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "mine.yaml").write_text(
+        "name: mine\nkind: dataset\nstages: [finetune]\nformat: {type: llava}\nfiles:\n  main:\n"
+        f"    url: {mirror.url}/d/..%2F..%2F..%2Fvictim.json\n    sha256: {hashlib.sha256(body).hexdigest()}\n")
+    root = tmp_path / "root"
+    result = mmcorpus("--root", str(root), "--config-dir", str(specs), "fetch", "mine")
+    assert result.returncode == 0, result.stderr
+    assert victim.read_bytes() == b"precious" and not (tmp_path / ".rejected").exists()
+    assert (root / "downloads/mine/victim.json").read_bytes() == body

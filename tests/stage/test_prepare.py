@@ -97,7 +97,8 @@ def test_impossible_sampling_rules_say_what_to_write(text):
         ({"dataset": "cc3m", "subset": "tran"}, {}, "datasets[0].subset", "known: train, validation"),
         ({"dataset": "cc3m", "subset": "labels"}, {}, "datasets[0].subset", "unknown subset 'labels'"),
         ({"dataset": "cc3m", "subset": "train", "sample": "random:0"}, {}, "datasets[0].sample", "positive sample count"),
-        ({"dataset": "cc3m", "subset": "train"}, {"text_only": "maybe"}, "text_only", "one of keep, drop"),
+        ({"dataset": "cc3m", "subset": "train"}, {"text_only": "maybe"}, "text_only", "one of keep|drop; got 'maybe'"),
+        ({"dataset": "cc3m", "subset": "train"}, {"text_only": True}, "text_only", "got true (YAML reads yes/no"),
         ({"dataset": "cc3m", "subset": "train"}, {"colour": "red"}, "colour", "not a known key"),
     ],
 )
