@@ -4,7 +4,8 @@ formatter's text (or --json), pick the exit code.
 Each command's work is one module: mmcorpus.ops.{listing,info,fetch,prepare,status,verify} and
 mmcorpus.demo.run, imported when the command runs (so `--help` stays fast). The common options (COMMON) are
 declared once and accepted before or after every command; commands that report also take --json.
-Expected failures (MMCorpusError) print one line on stderr and exit with their code; no traceback.
+Expected failures (MMCorpusError, and a full disk anywhere) print one line on stderr and exit with their code;
+no traceback. What leaves here (that line, the report, every log line) goes through mmcorpus.core.redact.
 
 `--help` reads like pip's or git's: flags show no metavar, values show a readable one (DIR, FROM=TO, I/N) or
 their choices ([native|img2dataset]). The choices are spelled here so that no heavy module loads for
@@ -25,7 +26,14 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from mmcorpus import __version__
-from mmcorpus.errors import EXIT_FAILED, EXIT_USAGE, MMCorpusError, UsageError
+from mmcorpus.errors import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    MMCorpusError,
+    UsageError,
+    disk_full_message,
+    is_disk_full,
+)
 
 DEFAULT_ROOT = "~/mmcorpus-data"
 log = logging.getLogger("mmcorpus")
@@ -126,6 +134,7 @@ class Context:
 
 def _configure_logging(state: Context) -> None:
     from mmcorpus.core.progress import set_quiet
+    from mmcorpus.core.redact import SafeLogFilter
 
     level = logging.WARNING if state.quiet else (logging.DEBUG if state.verbose > 1 else logging.INFO)
     logger = logging.getLogger("mmcorpus")
@@ -137,17 +146,29 @@ def _configure_logging(state: Context) -> None:
     # On a terminal people read short lines; in cron logs every line needs its time.
     fmt = "%(message)s" if sys.stderr.isatty() else "%(asctime)s %(levelname)s %(message)s"
     console.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S"))
-    logger.addHandler(console)
+    handlers = [console]
     if state.log_file:
         handler = logging.FileHandler(state.log_file)
         handler.setLevel(logging.DEBUG if state.verbose else logging.INFO)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handlers.append(handler)
+    for handler in handlers:  # every line: URLs redacted, control characters escaped
+        handler.addFilter(SafeLogFilter())
         logger.addHandler(handler)
     set_quiet(state.quiet)
 
 
 def emit(data: Any, as_json: bool, text: Callable[[], str]) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str) if as_json else text())
+    """A command's report on stdout: JSON with URLs redacted, or the text with control characters escaped too."""
+    from mmcorpus.core.redact import redact_data, safe_text
+
+    typer.echo(json.dumps(redact_data(data), indent=2, default=str) if as_json else safe_text(text(), one_line=False))
+
+
+def _error_line(message: str) -> None:
+    from mmcorpus.core.redact import safe_text
+
+    typer.echo(f"mmcorpus: error: {safe_text(message)}", err=True)
 
 
 def command(name: str | None = None, *, reports: bool = False):
@@ -170,8 +191,13 @@ def command(name: str | None = None, *, reports: bool = False):
             try:
                 return func(state, **kwargs)
             except MMCorpusError as exc:
-                typer.echo(f"mmcorpus: error: {exc}", err=True)
+                _error_line(str(exc))
                 raise typer.Exit(exc.exit_code) from None
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                _error_line(disk_full_message(exc, where=f"a file under {state.resolved_root()}"))
+                raise typer.Exit(EXIT_FAILED) from None
             except KeyboardInterrupt:
                 typer.echo("mmcorpus: interrupted; run the same command again to resume", err=True)
                 raise typer.Exit(130) from None

@@ -52,7 +52,7 @@ def test_unknown_name_exits_2_with_a_suggestion():
 
 def test_spec_with_unknown_key_exits_2_naming_file_and_key(tmp_path):
     write_spec(tmp_path / "specs", "mine", "https://example.org/a.json", b"[]", colections="[coco]")
-    result = mmcorpus("--config-dir", str(tmp_path / "specs"), "list")
+    result = mmcorpus("--config-dir", str(tmp_path / "specs"), "info", "mine")  # `list` sets it aside
     assert result.returncode == 2
     line = one_line_error(result)
     assert "mine.yaml" in line and "'colections'" in line
@@ -62,7 +62,7 @@ def test_broken_yaml_exits_2_naming_the_line(tmp_path):
     folder = tmp_path / "specs"
     folder.mkdir()
     (folder / "bad.yaml").write_text("name: bad\nkind: dataset\nfiles: [unclosed\n")
-    result = mmcorpus("list", env={"MMCORPUS_CONFIG_DIR": str(folder)})
+    result = mmcorpus("info", "bad", env={"MMCORPUS_CONFIG_DIR": str(folder)})
     assert result.returncode == 2
     assert "bad.yaml" in one_line_error(result) and "line" in result.stderr
 

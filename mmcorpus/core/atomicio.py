@@ -16,6 +16,8 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +83,30 @@ def _zombie(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
+@contextmanager
+def publishing(path: Path) -> Iterator[Path]:
+    """Yield the temporary name to write `path` through; rename it into place when the block ends well.
+
+    When the block fails (a full disk, a kill signal turned into an exception), the temporary file is
+    deleted: half a file must not keep the space a re-run needs. An OSError that names no file (write()
+    raises ENOSPC without one) is given `path`, so the message says what could not be written.
+    """
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary name unique to this writer."""
-    tmp = temporary_name(Path(path))
-    with open(tmp, "wb") as handle:
+    with publishing(path) as tmp, open(tmp, "wb") as handle:
         handle.write(data)
-    os.replace(tmp, path)
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -103,7 +123,6 @@ def write_json_atomic(path: Path, data: Any, *, indent: int | None = None, sort_
     """Write `data` as JSON to `path` through a temporary name unique to this writer."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
-    tmp.write_text(json.dumps(data, indent=indent, sort_keys=sort_keys, ensure_ascii=False, default=str),
-                   encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=indent, sort_keys=sort_keys, ensure_ascii=False, default=str)
+    with publishing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -6,6 +6,8 @@ import logging
 import sys
 import time
 
+from mmcorpus.core.redact import safe_text
+
 log = logging.getLogger("mmcorpus")
 
 # Set by the CLI from --quiet; None means "bars when stderr is a TTY".
@@ -50,7 +52,7 @@ class _Progress:
     """What both progress kinds share: a tqdm bar when bars are on, else a log line at most every LOG_EVERY_S."""
 
     def __init__(self, label: str, bar_options: dict | None):
-        self.label = label
+        self.label = safe_text(label)  # a tqdm bar writes to the terminal without the log handlers' filter
         self.started = self.last_log = time.monotonic()
         self.bar = None
         if bar_options is not None and bars_enabled():

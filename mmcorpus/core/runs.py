@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from mmcorpus.core.atomicio import read_json, write_json_atomic
+from mmcorpus.core.redact import redact_data
 from mmcorpus.layout import run_record
 
 
@@ -18,10 +19,12 @@ def record_run(root: Path, name: str, summary: dict) -> Path:
     `summary` is the run's report; `status` shows its `result` (a short word), else `ok` (bool) as ok/failed,
     else `exit_code`, and its `error` when the run failed.
     Written to a unique temporary name and renamed: a reader never sees half a record, and two runs
-    finishing at once leave one whole record, not a mix.
+    finishing at once leave one whole record, not a mix. URLs in it are redacted (no password or token of
+    a spec or mirror URL lands on disk, where cron wrappers and dashboards read it).
     """
     path = run_record(root, name)
     record = {**summary, "name": name, "finished_at": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+    record = redact_data(record)
     write_json_atomic(path, record, indent=1, sort_keys=True)
     return path
 

@@ -7,6 +7,7 @@ is its archives, downloaded and extracted. Every step is idempotent, so a cron r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,7 +21,14 @@ from mmcorpus.core.atomicio import read_json, write_json_atomic
 from mmcorpus.core.locks import hold_lock
 from mmcorpus.core.progress import human_bytes
 from mmcorpus.core.runs import record_run
-from mmcorpus.errors import EXIT_FAILED, MMCorpusError, UsageError
+from mmcorpus.errors import (
+    EXIT_FAILED,
+    DiskFullError,
+    MMCorpusError,
+    UsageError,
+    disk_full_message,
+    is_disk_full,
+)
 from mmcorpus.fetch.collections import collections_needed, fetch_collection
 from mmcorpus.fetch.diskspace import ensure_space_for_fetch
 from mmcorpus.fetch.files import download_file
@@ -103,7 +111,12 @@ def _run_step(target: Target, options: FetchOptions, step) -> dict:
     try:
         with _lock(options, _lock_name(spec.name, options)):
             _check_disk(target, options)
-            report.update(step())
+            report.update(_disk_full_as_error(step, f"the files of {spec.name} under {options.root}"))
+    except DiskFullError as exc:  # nothing more fits: the command ends here, the run record says why
+        with contextlib.suppress(OSError):  # the record may not fit either; the error line is what matters
+            _record(options.root, spec.name, {**report, "ok": False, "error": str(exc),
+                                              "seconds": round(time.time() - started, 3)})
+        raise
     except MMCorpusError as exc:
         if exc.exit_code != EXIT_FAILED:
             raise  # usage errors and lock conflicts end the run with their own exit code
@@ -113,6 +126,16 @@ def _run_step(target: Target, options: FetchOptions, step) -> dict:
     report["ok"] = report["ok"] and not report.get("failed_files")
     _record(options.root, spec.name, report)
     return report
+
+
+def _disk_full_as_error(step, where: str) -> dict:
+    """`step()`, with a full disk (ENOSPC, EDQUOT, EFBIG) met anywhere in it raised as DiskFullError."""
+    try:
+        return step()
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise DiskFullError(disk_full_message(exc, where=where)) from None
 
 
 def _fetch_dataset(target: Target, options: FetchOptions) -> dict:
@@ -243,8 +266,6 @@ def _lock_name(name: str, options: FetchOptions) -> str:
 def _shared_files_lock(name: str, options: FetchOptions):
     """Under --shard, every slice needs the same annotation files: one slice downloads them while the
     others wait (their .part files are shared names). Without --shard the run's lock already covers them."""
-    import contextlib
-
     if options.shard is None:
         return contextlib.nullcontext()
     return hold_lock(options.root, name, wait=True, poll=2.0, command="mmcorpus fetch (annotation files)")

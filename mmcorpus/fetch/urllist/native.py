@@ -45,7 +45,12 @@ from typing import Callable, Iterator
 from mmcorpus.core.atomicio import write_bytes_atomic
 from mmcorpus.core.imaging import ImageRejected, prepare
 from mmcorpus.core.progress import CountProgress
-from mmcorpus.errors import BadInputError
+from mmcorpus.errors import (
+    BadInputError,
+    DiskFullError,
+    disk_full_message,
+    is_disk_full,
+)
 from mmcorpus.fetch.urllist.fetcher import Fetched, Fetcher
 from mmcorpus.fetch.urllist.plan import (
     ShardJob,
@@ -73,6 +78,8 @@ from mmcorpus.registry import Spec
 
 # ------------------------------------------------------------------------------------------------ entry
 
+DISK_FULL_HINT = "free space and re-run; finished shards are kept"
+
 
 def fetch_url_list(spec: Spec, subset: str, tsv_path: str | Path, root: str | Path,
                    options: UrlListOptions | None = None) -> UrlListSummary:
@@ -99,6 +106,12 @@ def fetch_url_list(spec: Spec, subset: str, tsv_path: str | Path, root: str | Pa
             _run_here(jobs, options, summary, progress)
         else:
             _run_pool(jobs, options, summary, progress)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        # Every file is published whole or not at all, and a shard is done only with its marker: a re-run
+        # once there is room redoes the unfinished shards and skips the rest.
+        raise DiskFullError(disk_full_message(exc, DISK_FULL_HINT)) from None
     finally:
         progress.close()
         summary.seconds = time.monotonic() - started
@@ -154,14 +167,19 @@ def _run_pool(jobs: Iterator[ShardJob], options: UrlListOptions, summary: UrlLis
 
     with ProcessPoolExecutor(options.workers, mp_context=context, initializer=_init_worker,
                              initargs=(options, updates)) as pool:
-        for job in jobs:
-            if not _needs_run(job, options, summary):
-                continue
-            while len(pending) >= 2 * options.workers:
+        try:
+            for job in jobs:
+                if not _needs_run(job, options, summary):
+                    continue
+                while len(pending) >= 2 * options.workers:
+                    settle()
+                pending.add(pool.submit(_run_in_worker, job))
+            while pending:
                 settle()
-            pending.add(pool.submit(_run_in_worker, job))
-        while pending:
-            settle()
+        except BaseException:  # a shard failed (a full disk): start no more, let the running ones end
+            for future in pending:
+                future.cancel()
+            raise
     _drain(updates, progress)
 
 

@@ -12,7 +12,6 @@ never half of one, and the done marker exists only if the parquet before it is c
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +20,9 @@ import pyarrow.parquet as pq
 
 from mmcorpus import layout
 from mmcorpus.core.atomicio import (
+    publishing,
     read_json,
     sweep_stale_temporaries,
-    temporary_name,
     write_json_atomic,
 )
 from mmcorpus.schema import STATUS_SCHEMA
@@ -73,9 +72,8 @@ class ShardPaths:
 
 def write_status(paths: ShardPaths, rows: list[dict]) -> None:
     table = pa.Table.from_pylist(rows, schema=STATUS_SCHEMA)
-    tmp = temporary_name(paths.parquet)
-    pq.write_table(table, tmp)
-    os.replace(tmp, paths.parquet)
+    with publishing(paths.parquet) as tmp:
+        pq.write_table(table, tmp)
 
 
 def read_status(paths: ShardPaths) -> dict[str, dict]:

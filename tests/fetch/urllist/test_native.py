@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from PIL import Image
 
 from mmcorpus import USER_AGENT
 from mmcorpus.demo.localmirror import Route
-from mmcorpus.errors import UsageError
+from mmcorpus.errors import DiskFullError, UsageError
 from mmcorpus.fetch.urllist.native import fetch_url_list
 from mmcorpus.fetch.urllist.plan import UrlListOptions, shard_from_env
 from mmcorpus.fetch.urls import MirrorRule, UrlRewriter
@@ -136,7 +137,7 @@ def test_a_failing_store_stops_the_shard_without_hanging_the_fetch_threads(tmp_p
     mirror.put("a.jpg", jpeg())
     monkeypatch.setattr(urllist, "write_bytes_atomic", disk_full)
     tsv = write_tsv(tmp_path / "list.tsv", [(f"row {i}", f"{mirror.url}/a.jpg?{i}") for i in range(40)])
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DiskFullError, match="disk full writing .*No space left.*finished shards are kept"):
         fetch_url_list(CC3M, "train", tsv, root, options(threads=2))
     assert not (root / "images/cc3m/train/00000.done").exists()
 
@@ -439,6 +440,53 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, mirror):
     fetch_url_list(CC3M, "train", tsv, tmp_path / "clean", options(shard_size=10))
     assert status_rows(killed) == status_rows(tmp_path / "clean")
     assert _tree(killed) == _tree(tmp_path / "clean")
+
+
+FULL_DISK_RUN = """
+import json, resource, signal, sys
+from pathlib import Path
+from mmcorpus.errors import DiskFullError
+from mmcorpus.fetch.urllist.native import fetch_url_list
+from mmcorpus.fetch.urllist.plan import UrlListOptions
+from mmcorpus.registry import Spec
+args = json.loads(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # as under `ulimit -f`: the write fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (args["limit"], args["limit"]))
+spec = Spec(name="cc3m", kind="dataset", source=Path("cc3m.yaml"), format_columns=("caption", "url"))
+try:
+    fetch_url_list(spec, "train", args["tsv"], args["root"], UrlListOptions(
+        workers=1, threads=2, shard_size=3, mirror_hosts=frozenset({"127.0.0.1"}), progress=False, shard=(0, 1)))
+except DiskFullError as exc:
+    print(exc)
+"""
+
+
+def test_full_disk_keeps_the_finished_shards_and_a_rerun_completes_them(tmp_path, mirror):
+    """A write beyond RLIMIT_FSIZE fails with EFBIG, the stand-in for ENOSPC that needs no root."""
+    noise = Image.frombytes("RGB", (300, 300), random.Random(0).randbytes(300 * 300 * 3))
+    big = io.BytesIO()
+    noise.save(big, "JPEG", quality=95)
+    rows = []
+    for i in range(9):
+        mirror.put(f"{i}.jpg", big.getvalue() if i == 7 else jpeg(32 + i, 32))
+        rows.append((f"row {i}", f"{mirror.url}/{i}.jpg"))
+    tsv = write_tsv(tmp_path / "list.tsv", rows)
+    full = tmp_path / "full"
+    run = subprocess.run([sys.executable, "-c", FULL_DISK_RUN, json.dumps(
+        {"tsv": str(tsv), "root": str(full), "limit": len(big.getvalue()) // 2})], cwd=REPO, capture_output=True,
+        text=True, timeout=120, check=False)
+    shards = full / "images/cc3m/train"
+    assert run.stdout.startswith(f"disk full writing {shards / '00002' / '000000007.jpg'}: File too large; ")
+    assert run.stdout.strip().endswith("free space and re-run; finished shards are kept"), run.stderr
+    assert [p.name for p in sorted(shards.glob("*.done"))] == ["00000.done", "00001.done"]
+    assert not (shards / "00002.parquet").exists() and not (shards / "00002" / "000000007.jpg").exists()
+    assert not [p for p in full.rglob("*") if p.name.endswith(".mmpart")]
+
+    again = fetch_url_list(CC3M, "train", tsv, full, options(shard_size=3))
+    assert (again.shards_skipped, again.shards_done) == ([0, 1], [2])
+    fetch_url_list(CC3M, "train", tsv, tmp_path / "clean", options(shard_size=3))
+    assert status_rows(full) == status_rows(tmp_path / "clean")
+    assert _tree(full) == _tree(tmp_path / "clean")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
