@@ -6,6 +6,7 @@ from mmcorpus.core.progress import human_bytes
 from mmcorpus.registry import Registry, Spec
 
 COLUMNS = ["name", "kind", "stages", "files", "size", "license"]
+WIDTH = 100  # the table fits a 100-column terminal: the last column is shortened to what is left
 
 
 def run(registry: Registry) -> list[dict]:
@@ -21,7 +22,7 @@ def _row(spec: Spec) -> dict:
         "files": len(spec.downloads),
         "size": human_bytes(size) if size else ("manual" if spec.manual and not size else "?"),
         "size_bytes": size,
-        "license": short(spec.license, 48),
+        "license": " ".join(spec.license.split()),
         "title": spec.title,
     }
 
@@ -31,8 +32,12 @@ def short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def format_report(rows: list[dict], columns: list[str] = COLUMNS) -> str:
+def format_report(rows: list[dict], columns: list[str] = COLUMNS, width: int = WIDTH) -> str:
     widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
+    last = columns[-1]
+    room = max(len(last), width - sum(widths[c] + 2 for c in columns[:-1]))
+    rows = [r | {last: short(str(r.get(last, "")), room)} for r in rows]
+    widths[last] = min(widths[last], room)
     lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip()]
     lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns).rstrip() for r in rows]
     return "\n".join(lines)
