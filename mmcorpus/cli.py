@@ -16,7 +16,6 @@ import functools
 import inspect
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from mmcorpus import __version__
+from mmcorpus import __version__, layout
 from mmcorpus.errors import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -35,7 +34,6 @@ from mmcorpus.errors import (
     is_disk_full,
 )
 
-DEFAULT_ROOT = "~/mmcorpus-data"
 log = logging.getLogger("mmcorpus")
 
 class _PlainHelp:
@@ -79,7 +77,7 @@ STAGES = "[pretrain|finetune]"
 ENGINES = "[native|img2dataset]"
 EXECUTORS = "[local|ray|pyspark]"
 IMAGE_CHECKS = "[decode|structure]"
-FORMATS = "[parquet|llava|webdataset]"
+FORMATS = "[parquet|llava|webdataset|hf]"
 
 
 def flag(*names: str, help: str) -> Any:
@@ -96,7 +94,7 @@ def value(*names: str, metavar: str, help: str, show_default: bool = True) -> An
 # name -> (annotation, default): added to the group (before the command) and to every command (after it).
 COMMON: dict[str, tuple[Any, Any]] = {
     "root": (Annotated[Optional[Path], value("--root", metavar="DIR", show_default=False,
-                                             help=f"Data root (env MMCORPUS_ROOT; default {DEFAULT_ROOT}).")], None),
+                                             help=f"Data root (env MMCORPUS_ROOT; default {layout.DEFAULT_ROOT}).")], None),
     "config_dir": (Annotated[Optional[list[Path]], value("--config-dir", metavar="DIR", show_default=False,
                                                          help="Extra spec folder (repeatable; env MMCORPUS_CONFIG_DIR).")],
                    None),
@@ -124,7 +122,7 @@ class Context:
                        max(verbose, self.verbose), log_file or self.log_file)
 
     def resolved_root(self) -> Path:
-        return Path(self.root or os.environ.get("MMCORPUS_ROOT") or DEFAULT_ROOT).expanduser()
+        return layout.resolve_root(self.root)
 
     def registry(self):
         from mmcorpus.registry import Registry
@@ -334,13 +332,16 @@ def prepare(
     force: Annotated[bool, flag("--force", help="Rebuild even if nothing changed.")] = False,
     workers: Annotated[Optional[int], value("--workers", metavar="N", help="Processes normalizing big JSON files "
                                             "and checking images.")] = None,
+    samples_per_shard: Annotated[int, value("--samples-per-shard", metavar="N",
+                                            help="Samples per shard of data/, webdataset/ and hf/.")] = 10_000,
 ):
     """Normalize what is fetched and build the stage mix under <root>/stages/<stage>/."""
     from mmcorpus.ops import prepare as prepare_command
 
     result = prepare_command.run(state.registry(), state.resolved_root(), stage=stage, mix_file=mix,
                                  datasets=datasets, formats=fmt, seed=seed, force=force,
-                                 config_dirs=state.config_dirs, workers=workers, log=log.info)
+                                 config_dirs=state.config_dirs, workers=workers,
+                                 samples_per_shard=samples_per_shard, log=log.info)
     emit(result, as_json, lambda: prepare_command.format_report(result))
 
 

@@ -21,6 +21,7 @@ Beside the root, a config directory (built-in configs/, MMCORPUS_CONFIG_DIR, --c
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -114,6 +115,14 @@ UNSAFE_PATH_PATTERN = _pattern()
 
 
 # ----------------------------------------------------------------------------------------------- the root
+
+
+DEFAULT_ROOT = "~/mmcorpus-data"  # the data root when neither --root / root= nor $MMCORPUS_ROOT names one
+
+
+def resolve_root(root: str | Path | None = None) -> Path:
+    """The data root: `root`, else $MMCORPUS_ROOT, else DEFAULT_ROOT (the CLI's and open_stage's rule)."""
+    return Path(root or os.environ.get("MMCORPUS_ROOT") or DEFAULT_ROOT).expanduser()
 
 
 def downloads_dir(root: str | Path, name: str) -> Path:
@@ -368,6 +377,10 @@ def stage_report(stage_folder: Path) -> Path:
 STAGE_PARQUET = "data"  # in a stage folder: its parquet shards, <stage>-NNNNN.parquet
 STAGE_LLAVA = "llava"  # ... the LLaVA JSON export, <stage>.json
 STAGE_WEBDATASET = "webdataset"  # ... the WebDataset export, <stage>-NNNNN.tar
+STAGE_HF = "hf"  # ... the TRL / Hub layout export, hf/data/train-NNNNN.parquet
+STAGE_CARD = "README.md"  # ... the dataset card datasets.load_dataset reads
+WEBDATASET_SIZES = "sizes.json"  # in the WebDataset folder: shard -> samples (open_clip's name)
+HF_DATA_FILES = f"{STAGE_HF}/data/train-*.parquet"  # the glob a dataset card or load_dataset takes
 
 
 def stage_parquet_dir(stage_folder: Path) -> Path:
@@ -380,6 +393,23 @@ def stage_llava_json(stage_folder: Path, stage: str) -> Path:
 
 def stage_webdataset_dir(stage_folder: Path) -> Path:
     return Path(stage_folder) / STAGE_WEBDATASET
+
+
+def stage_card(stage_folder: Path) -> Path:
+    return Path(stage_folder) / STAGE_CARD
+
+
+def webdataset_sizes(webdataset_folder: Path) -> Path:
+    return Path(webdataset_folder) / WEBDATASET_SIZES
+
+
+def stage_hf_dir(stage_folder: Path) -> Path:
+    """`<stage>/hf/data/`, where the hf export's shards go."""
+    return Path(stage_folder) / STAGE_HF / "data"
+
+
+def hf_shard(folder: Path, number: int) -> Path:
+    return Path(folder) / f"train-{number:05d}.parquet"
 
 
 def webdataset_shard(folder: Path, stem: str, number: int) -> Path:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from mmcorpus.demo.localmirror import LocalMirror
+from mmcorpus.registry import Registry
 
 
 @pytest.fixture
@@ -32,3 +33,9 @@ def root(tmp_path) -> Path:
     path = tmp_path / "root"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    """The built-in registry (the specs under configs/), as `mmcorpus` loads it without --config-dir."""
+    return Registry.load()

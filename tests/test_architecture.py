@@ -1,5 +1,10 @@
 """The house rules of docs/architecture.md, checked on the source: imports run one way, no circles, no module
-over ~450 lines, plug-ins are one file named after their key, and only layout.py spells the on-disk names."""
+over ~450 lines, plug-ins are one file named after their key, and only layout.py spells the on-disk names.
+
+One exemption from "imports run one way" and "no function-local imports": the package's `__init__` loads its
+public API (`mmcorpus.open_stage`, from stage/reading.py) in a module `__getattr__` on first use. Importing it
+at package import would load pyarrow (~230 ms) for every `mmcorpus --help`, since the CLI imports the package;
+PACKAGE_API lists the modules this holds for, and nothing else gets the exemption."""
 
 from __future__ import annotations
 
@@ -20,6 +25,11 @@ LAYERS = {"__main__": -1, "cli": 0, "ops": 1, "demo": 1, "fetch": 2, "stage": 2,
           "registry": 5, "layout": 6, "schema": 6, "errors": 6, "": 7}
 MAX_LINES = 450
 LAZY_IMPORTS_ALLOWED = {"mmcorpus.cli"}  # imports each command's module when it runs: --help stays fast
+PACKAGE_API = {"mmcorpus.stage.reading"}  # what mmcorpus/__init__.py may import lazily (module docstring)
+
+
+def package_api_import(module: str, target: str, local: bool) -> bool:
+    return module == "mmcorpus" and local and target in PACKAGE_API
 
 
 def modules() -> dict[str, ast.Module]:
@@ -57,9 +67,9 @@ MODULES = modules()
 def test_imports_run_one_way():
     wrong = []
     for module, tree in MODULES.items():
-        for target, _, line in imports(tree, set(MODULES)):
+        for target, local, line in imports(tree, set(MODULES)):
             a, b = folder(module), folder(target)
-            if a == b:
+            if a == b or package_api_import(module, target, local):
                 continue
             if LAYERS[a] > LAYERS[b]:
                 wrong.append(f"{module}:{line} imports {target} (up from {a} to {b})")
@@ -95,7 +105,7 @@ def test_no_import_circles():
 
 def test_function_local_imports_only_where_allowed():
     lazy = [f"{m}:{line} imports {t}" for m, tree in MODULES.items() if m not in LAZY_IMPORTS_ALLOWED
-            for t, local, line in imports(tree, set(MODULES)) if local]
+            for t, local, line in imports(tree, set(MODULES)) if local and not package_api_import(m, t, local)]
     assert not lazy, "\n".join(lazy)
 
 

@@ -26,18 +26,18 @@ from mmcorpus.stage.report import format_stage_summary
 def run(registry: Registry, root: Path, *, stage: str | None = None, mix_file: Path | None = None,
         datasets: str | None = None, formats: Iterable[str] | None = None, seed: int | None = None,
         force: bool = False, config_dirs: Iterable[Path] = (), workers: int | None = None,
-        log: Callable[[str], None] | None = None) -> dict:
+        samples_per_shard: int = 10_000, log: Callable[[str], None] | None = None) -> dict:
     """The command: `datasets` as typed (`a,b:subset`), `formats` the exports asked for besides parquet."""
     formats = ["parquet", *[f for f in (formats or []) if f != "parquet"]]
     return prepare(registry, root, stage=stage, mix_file=mix_file, datasets=[d for d in (datasets or "").split(",")
                    if d] or None, formats=formats, seed=seed, force=force, config_dirs=config_dirs,
-                   workers=workers, log=log)
+                   workers=workers, samples_per_shard=samples_per_shard, log=log)
 
 
 def prepare(registry: Registry, root: Path, *, stage: str | None = None, mix_file: Path | None = None,
             datasets: Iterable[str] | None = None, formats: Iterable[str] = ("parquet",), seed: int | None = None,
             force: bool = False, config_dirs: Iterable[Path] = (), workers: int | None = None,
-            log: Callable[[str], None] | None = None) -> dict:
+            samples_per_shard: int = 10_000, log: Callable[[str], None] | None = None) -> dict:
     """Normalize the fetched datasets of the stage's mix, then build the stage; returns {normalize, stage}."""
     log = log or (lambda message: None)
     name, mix = resolve_mix(registry, stage, mix_file, config_dirs)
@@ -47,7 +47,8 @@ def prepare(registry: Registry, root: Path, *, stage: str | None = None, mix_fil
         normalized[entry.label] = normalize_if_changed(registry, root, entry.dataset, entry.subset,
                                                        force=force, workers=workers, log=log)
     manifest = prepare_stage(registry, root, stage=name, mix_file=mix_file, datasets=datasets, formats=formats,
-                             seed=seed, force=force, config_dirs=config_dirs, workers=workers, log=log)
+                             seed=seed, force=force, config_dirs=config_dirs, workers=workers,
+                             samples_per_shard=samples_per_shard, log=log)
     return {"stage": name, "normalize": normalized, "manifest": manifest}
 
 

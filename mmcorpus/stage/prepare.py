@@ -1,14 +1,17 @@
 """`prepare_stage`, which turns normalized datasets into a stage (its mix: mmcorpus.stage.mix).
 
 `prepare_stage` writes `<root>/stages/<stage>/`:
-    data/<stage>-NNNNN.parquet      the samples, UNIFIED_SCHEMA, row groups of `row_group_rows`
+    data/<stage>-NNNNN.parquet      the samples, UNIFIED_SCHEMA, in a seeded shuffle of the whole mix
+                                    (mmcorpus.stage.shuffle), `samples_per_shard` rows per shard
     llava/<stage>.json              with formats "llava"
-    webdataset/<stage>-NNNNN.tar    with formats "webdataset"
+    webdataset/<stage>-NNNNN.tar    with formats "webdataset", and webdataset/sizes.json (open_clip)
+    hf/data/train-NNNNN.parquet     with formats "hf" (TRL / Hub layout, mmcorpus.stage.hfexport)
+    README.md                       the dataset card: `datasets.load_dataset(<this folder>)` reads data/
     report.html, manifest.json      counts per dataset, drops by reason, versions, the input fingerprint
 It is incremental and atomic: the inputs (normalized file names, sizes and mtimes, image-collection markers,
 the mix and the options) are fingerprinted, and a run whose fingerprint matches the manifest does nothing. A run
-that only asks for other exports (`--format`, samples per tar) keeps the data shards (hard links, the same
-bytes) and the exports whose options did not change, and writes only what is new.
+that only asks for other exports (`--format`) keeps the data shards (hard links, the same bytes) and the
+exports it already had, and writes only what is new.
 Otherwise the stage is built in a temporary sibling folder and swapped in (old renamed aside, new renamed in,
 old deleted), so readers never see a half-written stage and a failed prepare leaves the previous one intact.
 """
@@ -18,22 +21,25 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from mmcorpus import __version__, layout
-from mmcorpus.core.atomicio import read_json, write_json_atomic
+from mmcorpus.core.atomicio import read_json, temporary_name, write_json_atomic
 from mmcorpus.core.locks import hold_lock
 from mmcorpus.errors import UsageError
 from mmcorpus.registry import (
     Registry,
 )
 from mmcorpus.stage.build import Context, Entry, build_entry
+from mmcorpus.stage.card import write_card, write_sizes
 from mmcorpus.stage.dedup import Deduper
 from mmcorpus.stage.exports import write_llava_json, write_webdataset
+from mmcorpus.stage.hfexport import write_hf
 from mmcorpus.stage.imagecheck import ImageChecker
 from mmcorpus.stage.mix import (
     Mix,
@@ -42,13 +48,13 @@ from mmcorpus.stage.mix import (
     select_entries,
 )
 from mmcorpus.stage.report import write_report
-from mmcorpus.stage.shards import StageWriter
+from mmcorpus.stage.shards import StageWriter, count_rows
 from mmcorpus.stage.stats import StageStats
 
-FORMATS = ("parquet", "llava", "webdataset")
-MANIFEST_VERSION = 1
+FORMATS = ("parquet", "llava", "webdataset", "hf")
+MANIFEST_VERSION = 2  # 2: shuffled shards of samples_per_shard rows, licenses per dataset
 FORMAT_NAMES = {"llava": "LLaVA", "tsv": "TSV"}  # format.type as users name it, in messages
-EXPORT_OPTIONS = ("formats", "samples_per_tar")  # options that change the exports only, never data/
+EXPORT_OPTIONS = ("formats",)  # options that change the exports only, never data/
 
 
 # ------------------------------------------------------------------------------------------ inputs on disk
@@ -154,9 +160,8 @@ def prepare_stage(
     *,
     force: bool = False,
     config_dirs: Iterable[str | Path] = (),
-    rows_per_shard: int = 500_000,
+    samples_per_shard: int = 10_000,
     row_group_rows: int = 10_000,
-    samples_per_tar: int = 10_000,
     workers: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
@@ -170,13 +175,15 @@ def prepare_stage(
     log = log or (lambda message: None)
     name, mix = resolve_mix(registry, stage, mix_file, config_dirs)
     formats = _check_formats(formats)
+    if samples_per_shard < 1:
+        raise UsageError(f"--samples-per-shard must be a positive number of samples, got {samples_per_shard}")
     seed = mix.seed if seed is None else seed
     chosen = select_entries(mix, datasets, registry, name)
     entries, missing = _locate(root, registry, chosen, seed)
     if not entries:
         raise UsageError(_nothing_usable(name, missing))
-    options = {"formats": formats, "seed": seed, "rows_per_shard": rows_per_shard, "row_group_rows": row_group_rows,
-               "samples_per_tar": samples_per_tar, "datasets": [e.label for e in chosen]}
+    options = {"formats": formats, "seed": seed, "samples_per_shard": samples_per_shard,
+               "row_group_rows": row_group_rows, "datasets": [e.label for e in chosen]}
     plan = _Plan(name, mix, entries, missing, options)
     final = stage_dir(root, name)
     with hold_lock(root, layout.stage_lock_name(name), command=f"prepare {name}"):  # exit 75 if another prepare runs
@@ -260,23 +267,42 @@ def _build(registry: Registry, root: Path, out: Path, plan: _Plan, workers: int 
     """Write the whole stage into `out`: parquet shards, exports, report, and the manifest last."""
     images_root = layout.images_root(root)
     options = plan.options
-    writer = StageWriter(layout.stage_parquet_dir(out), plan.name, rows_per_shard=options["rows_per_shard"],
-                         row_group_rows=options["row_group_rows"], metadata=_file_metadata(registry, plan))
+    data = layout.stage_parquet_dir(out)
+    writer = StageWriter(data, plan.name, samples_per_shard=options["samples_per_shard"],
+                         row_group_rows=options["row_group_rows"], metadata=_file_metadata(registry, plan),
+                         seed=options["seed"], expected_rows=_expected_rows(plan.entries), spill=temporary_name(data))
     stats = StageStats(options["seed"])
     summaries = []
     with ImageChecker(images_root, workers=workers) as checker:
         ctx = Context(checker, Deduper(), writer, stats, keep_text_only=plan.mix.text_only == "keep", log=log)
         for entry in plan.entries:
             log(f"stage {plan.name}: {entry.label} ({entry.rule})")
-            summary = build_entry(entry, ctx) | {"spec_version": registry.specs[entry.dataset].version}
+            spec = registry.specs[entry.dataset]
+            summary = build_entry(entry, ctx) | {"spec_version": spec.version, "license": spec.license}
             summaries.append(summary | {"upstream": upstream_failures(root, entry.dataset, entry.subset)})
     shards = writer.close()
     outputs = {"parquet": {"folder": layout.STAGE_PARQUET, "files": shards, "row_group_rows": writer.row_group_rows}}
-    outputs.update(_exports(out, [layout.stage_parquet_dir(out) / s["file"] for s in shards], images_root, plan, log))
+    outputs.update(_exports(out, [data / s["file"] for s in shards], images_root, plan, log))
     manifest = _manifest(registry, plan, summaries, outputs, stats)
+    _finish(out, manifest, images_root)
+    return manifest
+
+
+def _finish(out: Path, manifest: dict, images_root: Path) -> None:
+    """What every prepared stage carries besides its data and exports; the manifest last."""
+    write_card(out, manifest)
     write_report(manifest, out, images_root)
     write_json_atomic(layout.stage_manifest(out), manifest, indent=2)
-    return manifest
+
+
+def _expected_rows(entries: list[Entry]) -> int:
+    """An upper bound of the rows the entries can keep (it sizes the shuffle's buckets)."""
+    total = 0
+    for entry in entries:
+        rows = sum(count_rows(path) for path in entry.files)
+        rule = entry.rule
+        total += min(rows, rule.n) if rule.kind in ("first", "random") else rows * math.ceil(rule.weight)
+    return total
 
 
 # ------------------------------------------------------------------------- other exports, the same data
@@ -308,10 +334,9 @@ def _link_tree(source: Path, dest: Path) -> None:
 def _reexport(root: Path, final: Path, out: Path, current: dict, plan: _Plan, log) -> dict:
     """The stage of `current` with this run's exports: data/ and every unchanged export kept, the rest written."""
     _link_tree(layout.stage_parquet_dir(final), layout.stage_parquet_dir(out))
-    old_outputs, old_options = current.get("outputs") or {}, current.get("options") or {}
+    old_outputs = current.get("outputs") or {}
     outputs = {"parquet": old_outputs["parquet"]}
-    keep = [f for f in plan.options["formats"] if f in old_outputs and f != "parquet"
-            and (f != "webdataset" or old_options.get("samples_per_tar") == plan.options["samples_per_tar"])]
+    keep = [f for f in plan.options["formats"] if f in old_outputs and f != "parquet"]
     for fmt in keep:
         _link_tree(final / old_outputs[fmt]["folder"], out / old_outputs[fmt]["folder"])
         outputs[fmt] = old_outputs[fmt]
@@ -323,8 +348,7 @@ def _reexport(root: Path, final: Path, out: Path, current: dict, plan: _Plan, lo
     outputs.update(_exports(out, parquet_files, images_root, todo_plan, log))
     manifest = {**current, "created": _now(), "mmcorpus_version": __version__, "fingerprint": plan.stamp,
                 "options": plan.options, "outputs": {f: outputs[f] for f in plan.options["formats"]}}
-    write_report(manifest, out, images_root)
-    write_json_atomic(layout.stage_manifest(out), manifest, indent=2)
+    _finish(out, manifest, images_root)
     return manifest
 
 
@@ -341,8 +365,13 @@ def _exports(out: Path, parquet_files: list[Path], images_root: Path, plan: _Pla
     if "webdataset" in options["formats"]:
         log(f"stage {plan.name}: writing WebDataset shards")
         tars = write_webdataset(parquet_files, layout.stage_webdataset_dir(out), images_root, stem=plan.name,
-                                per_shard=options["samples_per_tar"])
+                                per_shard=options["samples_per_shard"])
+        write_sizes(layout.stage_webdataset_dir(out), tars["shards"])
         outputs["webdataset"] = tars | {"folder": layout.STAGE_WEBDATASET}
+    if "hf" in options["formats"]:
+        log(f"stage {plan.name}: writing the Hugging Face (TRL) parquet")
+        outputs["hf"] = write_hf(parquet_files, out, images_root, seed=options["seed"],
+                                 per_shard=options["samples_per_shard"])
     return outputs
 
 

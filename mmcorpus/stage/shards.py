@@ -1,15 +1,16 @@
-"""Read normalized parquet in batches and write a stage's parquet shards with full row groups.
+"""Read normalized parquet in batches and write a stage's parquet shards, shuffled, with uniform row groups.
 
 Training readers (HF datasets, torch IterableDatasets over pyarrow, DuckDB) read a row group at a time and
-shuffle within and across them, so row groups are kept small and uniform (10,000 rows by default, a few MB of
-text) and shards hold a whole number of row groups. The files are written by writers.ShardWriter (temporary
-name, then rename; zstd).
+shuffle within and across them, so row groups are kept small and uniform (at most 10,000 rows by default, a
+few MB of text). The rows are written in the seeded order of mmcorpus.stage.shuffle, so every shard mixes the
+stage's datasets. The files are written by writers.ShardWriter (temporary name, then rename; zstd).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,6 +19,7 @@ from mmcorpus import layout
 from mmcorpus.core.parquet import ShardWriter
 from mmcorpus.errors import BadInputError
 from mmcorpus.schema import UNIFIED_SCHEMA
+from mmcorpus.stage.shuffle import BucketShuffle, bucket_count
 
 
 def read_batches(path: Path, batch_size: int = 8192, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
@@ -50,23 +52,31 @@ def count_rows(path: Path) -> int:
 
 
 class StageWriter:
-    """The stage's parquet shards: writers.ShardWriter with shards of a whole number of `row_group_rows` row
-    groups (it gathers the filtered batches, of any size, into full groups), and one empty shard for a stage
-    without rows so that readers still see the schema."""
+    """The stage's parquet shards, in the seeded order of mmcorpus.stage.shuffle: write() spills the filtered
+    batches into the shuffle's buckets, close() writes them out through writers.ShardWriter in shards of
+    exactly `samples_per_shard` rows (the last shard shorter), cut into near-equal row groups of at most
+    `row_group_rows`; and one empty shard for a stage without rows so that readers still see the schema.
+    `expected_rows` (an upper bound of the rows to come) sizes the shuffle's buckets; `spill` is the folder
+    they live in until close()."""
 
-    def __init__(self, folder: Path, stem: str, *, rows_per_shard: int, row_group_rows: int, metadata: dict):
-        row_group_rows = max(1, row_group_rows)
-        rows_per_shard = max(row_group_rows, rows_per_shard // row_group_rows * row_group_rows)
-        self.writer = ShardWriter(folder, stem, metadata, row_group_size=row_group_rows, rows_per_shard=rows_per_shard)
+    def __init__(self, folder: Path, stem: str, *, samples_per_shard: int, row_group_rows: int, metadata: dict,
+                 seed: int, expected_rows: int, spill: Path):
+        samples_per_shard = max(1, samples_per_shard)
+        groups = math.ceil(samples_per_shard / max(1, row_group_rows))
+        self.writer = ShardWriter(folder, stem, metadata, row_group_size=math.ceil(samples_per_shard / groups),
+                                  rows_per_shard=samples_per_shard)
+        self.shuffle = BucketShuffle(spill, seed, buckets=bucket_count(expected_rows))
 
     @property
     def row_group_rows(self) -> int:
         return self.writer.row_group_size
 
     def write(self, batch: pa.RecordBatch) -> None:
-        self.writer.write_batch(batch)
+        self.shuffle.add(batch)
 
     def close(self) -> list[dict]:
+        for batch in self.shuffle.drain():
+            self.writer.write_batch(batch)
         files = self.writer.close()
         if not files:
             self.writer.out_dir.mkdir(parents=True, exist_ok=True)  # ShardWriter makes it only for its first row
@@ -74,3 +84,4 @@ class StageWriter:
             pq.write_table(self.writer.schema.empty_table(), path)
             return [{"file": path.name, "rows": 0}]
         return [{"file": f.name, "rows": rows} for f, rows in zip(files, self.writer.file_rows)]
+

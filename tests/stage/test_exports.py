@@ -24,15 +24,10 @@ from helpers.stage import (
 from PIL import Image
 
 from mmcorpus.normalize.runner import normalize_dataset
-from mmcorpus.registry import Registry
 from mmcorpus.schema import UNIFIED_SCHEMA
 from mmcorpus.stage.exports import BRIEF_PROMPTS, llava_record, wds_key
 from mmcorpus.stage.prepare import prepare_stage
 
-
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.load()
 
 
 @pytest.fixture
@@ -60,7 +55,8 @@ def test_parquet_reads_with_pyarrow_dataset(finetune_root, registry):
     table = pads.dataset(finetune_root / "stages/finetune/data", format="parquet").to_table()
     assert table.schema.remove_metadata().equals(UNIFIED_SCHEMA)
     assert table.num_rows == 4
-    assert table.column("conversations").to_pylist()[0][2] == {"role": "user", "content": "Where is it?"}
+    turns = dict(zip(table.column("sample_id").to_pylist(), table.column("conversations").to_pylist()))
+    assert turns["llava_instruct/mix665k/0"][2] == {"role": "user", "content": "Where is it?"}
 
 
 def test_parquet_reads_with_duckdb(finetune_root, registry):
@@ -87,7 +83,9 @@ def test_parquet_reads_with_hf_datasets(finetune_root, registry, tmp_path, monke
     loaded = datasets.load_dataset("parquet", data_files={"train": files}, split="train", cache_dir=str(tmp_path / "hf"))
     assert loaded.num_rows == 4
     assert set(loaded.column_names) == set(UNIFIED_SCHEMA.names)
-    assert loaded[3]["caption"] == "A bus on a street." and loaded[2]["image_path"] is None
+    by_id = {r["sample_id"]: r for r in loaded}
+    assert by_id["sharegpt4v/sft/0"]["caption"] == "A bus on a street."
+    assert by_id["llava_instruct/mix665k/2"]["image_path"] is None
 
 
 # --------------------------------------------------------------------------------------------------- LLaVA
@@ -99,7 +97,7 @@ def load_llava(root: Path, stage: str) -> list[dict]:
 
 def test_llava_json_is_what_llava_trains_on(finetune_root, registry):
     manifest = prepare_stage(registry, finetune_root, "finetune", formats=["llava"])
-    records = load_llava(finetune_root, "finetune")
+    records = sorted(load_llava(finetune_root, "finetune"), key=lambda r: r["id"])  # the stage is shuffled
     assert manifest["outputs"]["llava"] == {"file": "finetune.json", "records": 4, "folder": "llava"}
     assert [r["id"] for r in records] == ["llava_instruct/mix665k/0", "llava_instruct/mix665k/1", "llava_instruct/mix665k/2", "sharegpt4v/sft/0"]
     for record in records:
@@ -151,8 +149,10 @@ def test_llava_round_trip_of_real_records(root, registry):
 
     prepare_stage(registry, root, "pretrain", formats=["llava"])
     originals = json.loads((SAMPLES / "llava_cc3m_595k_chat_sample.json").read_text())
-    for exported, original in zip(load_llava(root, "pretrain"), originals, strict=True):
-        assert exported["image"] == "llava/llava_cc3m_595k/images/" + original["image"]
+    by_image = {r["image"]: r for r in load_llava(root, "pretrain")}  # the stage is shuffled
+    assert len(by_image) == len(originals)
+    for original in originals:
+        exported = by_image["llava/llava_cc3m_595k/images/" + original["image"]]
         question = original["conversations"][0]["value"].replace("<image>", "").strip()
         assert exported["conversations"][0]["value"] == "<image>\n" + question
         assert exported["conversations"][1] == original["conversations"][1]
@@ -179,12 +179,12 @@ def read_tars(folder: Path) -> dict[str, dict[str, bytes]]:
 
 
 def test_webdataset_shards_group_jpg_json_txt_per_sample(finetune_root, registry):
-    manifest = prepare_stage(registry, finetune_root, "finetune", formats=["webdataset"], samples_per_tar=2)
+    manifest = prepare_stage(registry, finetune_root, "finetune", formats=["webdataset"], samples_per_shard=2)
     out = manifest["outputs"]["webdataset"]
     assert [s["file"] for s in out["shards"]] == ["finetune-00000.tar", "finetune-00001.tar"]
     assert out["samples"] == 3 and out["skipped"] == {"text_only": 1}
     samples = read_tars(finetune_root / "stages/finetune/webdataset")
-    assert list(samples) == ["llava_instruct--mix665k--0", "llava_instruct--mix665k--1", "sharegpt4v--sft--0"]
+    assert sorted(samples) == ["llava_instruct--mix665k--0", "llava_instruct--mix665k--1", "sharegpt4v--sft--0"]
     for key, members in samples.items():
         assert set(members) == {"jpg", "json", "txt"}
         assert Image.open(io.BytesIO(members["jpg"])).format == "JPEG"  # the PNG was converted

@@ -31,17 +31,12 @@ from mmcorpus.errors import (
     LockedError,
     UsageError,
 )
-from mmcorpus.registry import Registry
 from mmcorpus.schema import UNIFIED_SCHEMA
 from mmcorpus.stage.imagecheck import POOL_MIN, ImageCheck, ImageChecker
 from mmcorpus.stage.mix import load_mix, resolve_mix, stage_files
 from mmcorpus.stage.prepare import prepare_stage, prepared_stages, read_manifest
 from mmcorpus.stage.sampling import Rule, parse_rule
 
-
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.load()
 
 
 def stage_rows(root: Path, stage: str) -> list[dict]:
@@ -204,7 +199,7 @@ def test_stage_parquet_is_the_unified_schema_with_metadata(pretrain_root, regist
 
 def test_shards_hold_whole_row_groups(root, registry):
     write_normalized(root, "cc3m", "train", cc_rows(root, "cc3m", 45))
-    manifest = prepare_stage(registry, root, "pretrain", rows_per_shard=25, row_group_rows=10)
+    manifest = prepare_stage(registry, root, "pretrain", samples_per_shard=20, row_group_rows=10)
     files = sorted((root / "stages/pretrain/data").glob("*.parquet"))
     assert [f.name for f in files] == ["pretrain-00000.parquet", "pretrain-00001.parquet", "pretrain-00002.parquet"]
     groups = [[pq.ParquetFile(f).metadata.row_group(i).num_rows for i in range(pq.ParquetFile(f).num_row_groups)] for f in files]
@@ -235,7 +230,7 @@ def test_finetune_keeps_text_only_and_drops_identical_records(root, registry):
     manifest = prepare_stage(registry, root, "finetune")
     assert manifest["total"]["kept"] == 4
     assert manifest["total"]["dropped"] == {"duplicate_record": 2}
-    ids = [r["sample_id"] for r in stage_rows(root, "finetune")]
+    ids = sorted(r["sample_id"] for r in stage_rows(root, "finetune"))  # shards hold a shuffle of the mix
     assert ids == ["llava_instruct/mix665k/0", "llava_instruct/mix665k/1", "llava_instruct/mix665k/2", "sharegpt4v/sft/1"]
 
 
@@ -243,12 +238,20 @@ def test_finetune_keeps_text_only_and_drops_identical_records(root, registry):
 
 
 def sampled_ids(root, registry, tmp_path, rule, seed=None, entry_seed=None) -> list[str]:
+    """The ids the rule kept, in row order (the stage itself holds them shuffled)."""
     entry = {"dataset": "cc3m", "subset": "train", "sample": rule}
     if entry_seed is not None:
         entry["seed"] = entry_seed
     mix = write_mix(tmp_path, [entry])
     prepare_stage(registry, root, mix_file=mix, seed=seed, force=True)
-    return [r["sample_id"] for r in stage_rows(root, "mine")]
+    return sorted((r["sample_id"] for r in stage_rows(root, "mine")), key=row_order)
+
+
+def row_order(sample_id: str) -> tuple:
+    """cc3m/train/2 before cc3m/train/10, cc3m/train/0 before its copy cc3m/train/0#1."""
+    base, _, copy = sample_id.partition("#")
+    prefix, _, index = base.rpartition("/")
+    return prefix, int(index), int(copy or 0)
 
 
 def test_first_n_takes_the_first_usable_rows(root, registry, tmp_path):
@@ -480,3 +483,26 @@ def test_a_normalize_killed_under_force_is_redone_by_the_next_prepare(root, regi
         normalize_if_changed(registry, root, "llava_pretrain", "558k", force=True)
     monkeypatch.undo()
     assert normalize_if_changed(registry, root, "llava_pretrain", "558k")["status"] == "ok"  # not "unchanged"
+
+
+# ------------------------------------------------------------------- shard size, hf export, re-exports
+
+
+def test_a_bad_samples_per_shard_is_a_usage_error(pretrain_root, registry):
+    with pytest.raises(UsageError, match="--samples-per-shard must be a positive number of samples, got 0"):
+        prepare_stage(registry, pretrain_root, "pretrain", samples_per_shard=0)
+
+
+def test_a_reexport_keeps_the_hf_export_and_rewrites_the_card(pretrain_root, registry):
+    stage = pretrain_root / "stages/pretrain"
+    first = prepare_stage(registry, pretrain_root, "pretrain", formats=["parquet", "hf"])
+    shard = stage / "hf/data/train-00000.parquet"
+    inode = shard.stat().st_ino
+    both = prepare_stage(registry, pretrain_root, "pretrain", formats=["parquet", "hf", "llava"])
+    assert shard.stat().st_ino == inode and both["outputs"]["hf"] == first["outputs"]["hf"]
+    assert both["data_fingerprint"] == first["data_fingerprint"]
+    assert "llava/pretrain.json" in (stage / "README.md").read_text()
+    resized = prepare_stage(registry, pretrain_root, "pretrain", formats=["parquet", "hf"], samples_per_shard=5)
+    assert resized["data_fingerprint"] != first["data_fingerprint"]  # the shard size is the data's, not an export's
+    assert [f["rows"] for f in resized["outputs"]["parquet"]["files"]] == [5, 5, 4]
+    assert [f["samples"] for f in resized["outputs"]["hf"]["files"]] == [5, 5, 4]

@@ -14,17 +14,12 @@ import pytest
 from helpers.stage import caption_row, cc_rows, chat_row, make_image, write_normalized
 from PIL import Image
 
-from mmcorpus.registry import Registry
 from mmcorpus.stage.prepare import prepare_stage
 from mmcorpus.stage.report import THUMB_SIZE, format_stage_summary
 
 CHROMIUM = Path("/usr/bin/chromium")
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)> & "quotes"'
 
-
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.load()
 
 
 @pytest.fixture
