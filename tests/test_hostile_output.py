@@ -18,7 +18,7 @@ from pathlib import Path
 
 from helpers.archives import zip_bytes
 from helpers.cli import ENV, mmcorpus, one_line_error
-from helpers.urllist import jpeg, status_rows
+from helpers.urllist import jpeg, status_rows, url_list_spec
 from PIL import Image
 
 from mmcorpus.demo.localmirror import Route
@@ -122,18 +122,7 @@ def _big_jpeg() -> bytes:
 
 
 def _url_list_with_a_big_image(mirror, folder: Path) -> list[str]:
-    lines = []
-    for i in range(8):
-        image = _big_jpeg() if i == 5 else jpeg(40 + i, 30)
-        lines.append(f"picture {i}\t{mirror.put(f'img/{i}.jpg', image)}")
-    data = ("\n".join(lines) + "\n").encode()
-    url = mirror.put("files/list.tsv", data)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "mine.yaml").write_text("\n".join([
-        "name: mine", "kind: dataset", "files:", "  train:", f"    url: {url}", "    filename: list.tsv",
-        f"    size: {len(data)}", f"    sha256: {hashlib.sha256(data).hexdigest()}",
-        "format: {type: tsv, columns: [caption, url]}", "images: {from: url}"]) + "\n")
-    return ["--config-dir", str(folder)]
+    return url_list_spec(folder, mirror, images=[_big_jpeg() if i == 5 else jpeg(40 + i, 30) for i in range(8)])
 
 
 def _images(root: Path) -> dict[str, bytes]:

@@ -40,13 +40,16 @@ def status_rows(root: Path, dataset: str = "cc3m", subset: str = "train") -> lis
     return rows
 
 
-def url_list_spec(folder: Path, mirror, rows: int = 12) -> list[str]:
-    """A URL-list dataset `mine` whose TSV and JPEGs the local mirror serves; returns its --config-dir args."""
-    lines = []
-    for i in range(rows):
-        out = io.BytesIO()
-        Image.new("RGB", (40 + i, 30), (i * 20, 0, 0)).save(out, "JPEG")
-        lines.append(f"picture {i}\t{mirror.put(f'img/{i}.jpg', out.getvalue())}")
+def url_list_spec(folder: Path, mirror, rows: int = 12, images: list[bytes] | None = None) -> list[str]:
+    """A URL-list dataset `mine` whose TSV and JPEGs (`images`, else `rows` generated ones) the local mirror
+    serves; returns its --config-dir args."""
+    if images is None:
+        images = []
+        for i in range(rows):
+            out = io.BytesIO()
+            Image.new("RGB", (40 + i, 30), (i * 20, 0, 0)).save(out, "JPEG")
+            images.append(out.getvalue())
+    lines = [f"picture {i}\t{mirror.put(f'img/{i}.jpg', image)}" for i, image in enumerate(images)]
     data = ("\n".join(lines) + "\n").encode()
     url = mirror.put("files/list.tsv", data)
     folder.mkdir(parents=True, exist_ok=True)
