@@ -361,14 +361,16 @@ def verify(state: Context, as_json: bool, name: Names = None,
            workers: Annotated[Optional[int], value("--workers", metavar="N", help="Processes decoding images "
                                                    "(default: the CPUs).")] = None,
            mirror: Annotated[Optional[list[str]], value("--mirror", metavar="FROM=TO", show_default=False,
-                                                        help="URL prefix rewrite for --repair (repeatable).")] = None):
+                                                        help="URL prefix rewrite for --repair (repeatable).")] = None,
+           allow_private_hosts: Annotated[bool, flag("--allow-private-hosts", help="For --repair: allow URLs "
+                                                     "on private/loopback addresses, as fetch does.")] = False):
     """Re-check checksums (ignoring caches), archive members and the decodability of every stored image."""
     from mmcorpus.fetch.urls import UrlRewriter
     from mmcorpus.ops import verify as verify_command
 
     report = verify_command.run(state.registry(), state.resolved_root(), name, workers=workers, repair=repair,
-                                rewrite=UrlRewriter.from_args(mirror))
-    emit(report, as_json, lambda: verify_command.format_report(report))
+                                rewrite=UrlRewriter.from_args(mirror), allow_private_hosts=allow_private_hosts)
+    emit(report, as_json, lambda: verify_command.format_report(report, quiet=state.quiet))
     if not report["ok"]:
         raise typer.Exit(EXIT_FAILED)
 

@@ -3,6 +3,10 @@
 Hashing a 20 GB archive on every cron run would take minutes, so a successful verification is recorded in
 `.mmcorpus/<file>.verified.json` beside the file; it is trusted while size and mtime are unchanged
 (`mmcorpus verify` always re-hashes).
+
+The record's sha256 is also the reference for a file whose spec publishes no checksum: it was taken from the
+bytes as they arrived, and a file whose bytes differ from it later was modified on disk. Such a mismatch is
+never re-recorded (only a new download writes a new record), so the reference stays the download's.
 """
 
 from __future__ import annotations
@@ -72,8 +76,19 @@ def verify_file(path: Path, spec: FileSpec, *, use_cache: bool = True) -> dict[s
     digests.feed_file(path)
     result = digests.hexdigests()
     check(spec, path.stat().st_size, result, str(path))
+    _check_against_download(path, spec, result)
     record_verified(path, result)
     return result
+
+
+def _check_against_download(path: Path, spec: FileSpec, digests: dict[str, str]) -> None:
+    """Without a checksum in the spec, the bytes must still be the ones downloaded (see the module docstring)."""
+    if spec.sha256 or spec.md5:
+        return
+    recorded = (_read_record(path) or {}).get("digests", {}).get("sha256")
+    if recorded and digests.get("sha256") != recorded:
+        raise VerificationError(f"{path}: modified since download: sha256 {digests.get('sha256')}, recorded at "
+                                f"download {recorded} (the spec publishes no checksum)")
 
 
 def is_verified(path: Path, spec: FileSpec) -> bool:
@@ -94,13 +109,21 @@ def _cache_path(path: Path) -> Path:
     return layout.verified_record(path)
 
 
-def _read_cache(path: Path) -> dict | None:
+def _read_record(path: Path) -> dict | None:
     try:
         record = json.loads(_cache_path(path).read_text())
-        st = path.stat()
     except (OSError, ValueError):
         return None
-    if record.get("size") != st.st_size or record.get("mtime_ns") != st.st_mtime_ns:
+    return record if isinstance(record, dict) else None
+
+
+def _read_cache(path: Path) -> dict | None:
+    record = _read_record(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if record is None or record.get("size") != st.st_size or record.get("mtime_ns") != st.st_mtime_ns:
         return None
     return record
 

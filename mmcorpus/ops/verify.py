@@ -48,16 +48,19 @@ SKIP_DIRS = {layout.BOOKKEEPING, layout.REJECTED}  # our bookkeeping inside imag
 
 
 def run(registry: Registry, root: Path, name: str | None = None, *, workers: int | None = None,
-        repair: bool = False, rewrite: UrlRewriter | None = None) -> dict:
-    """The command: verify, and with `repair` fetch again what was moved aside (through `rewrite`, --mirror);
-    the report's `repair` is that fetch's report and `ok` its outcome."""
+        repair: bool = False, rewrite: UrlRewriter | None = None, allow_private_hosts: bool = False) -> dict:
+    """The command: verify, and with `repair` fetch again what was moved aside, with the network options a fetch
+    would take (`rewrite` is --mirror). `verified` is the outcome of the check itself; `ok` the command's: with
+    `repair`, that of the fetch that redid what was moved aside (its report is `repair`)."""
     if name is not None:
         registry.get(name)
     report = verify_root(registry, root, name, workers=workers, repair=repair)
     if not report["fetched"]:  # "all verified" of nothing would be a lie; asked about a name, it is a failure
         report["ok"] = report["ok"] and name is None
+    report["verified"] = report["ok"]
     if repair and report.get("refetch"):
-        options = FetchOptions(root=Path(root), rewrite=rewrite or UrlRewriter())
+        options = FetchOptions(root=Path(root), rewrite=rewrite or UrlRewriter(),
+                               allow_private_hosts=allow_private_hosts)
         report["repair"], _ = fetch_command.run(registry, report["refetch"], options)
         report["ok"] = report["repair"]["ok"]
     return report
@@ -270,13 +273,14 @@ def _repair(spec: Spec, item: dict, root: Path, report: dict) -> None:
 # --------------------------------------------------------------------------------------------- format
 
 
-def format_verify(report: dict, max_bad: int = 20) -> str:
-    """Per spec one line, then the bad files (the first `max_bad`), then what repair did."""
+def format_verify(report: dict, max_bad: int = 20, quiet: bool = False) -> str:
+    """Per spec one line, then the bad files (the first `max_bad`), then what repair moved; `quiet` keeps only
+    the bad files and the last line."""
     lines = [f"root: {report['root']}"]
     if not report.get("fetched", True):
         return "\n".join(lines + [f"nothing fetched under {report['root']}"])
     for item in report["items"].values():
-        if item["name"] not in report.get("fetched", report["items"]):
+        if quiet or item["name"] not in report.get("fetched", report["items"]):
             continue  # nothing of it on disk: nothing was checked
         files = f"{sum(f['ok'] for f in item['files'])}/{len(item['files'])} files ok"
         members = sum(a["members"] - a["missing"] for a in item["archives"])
@@ -292,16 +296,26 @@ def format_verify(report: dict, max_bad: int = 20) -> str:
         lines += ["", f"{len(bad)} bad:"] + [f"  {b['path']}: {b['reason']}" for b in bad[:max_bad]]
         if len(bad) > max_bad:
             lines.append(f"  ... and {len(bad) - max_bad} more (--json lists all)")
-    if report["moved_aside"]:
-        lines.append(f"moved aside: {len(report['moved_aside'])} files (into .rejected/ beside them)")
+    moved = report["moved_aside"]
+    if moved:
+        lines.append(f"moved aside into .rejected/ beside them: {len(moved)} files")
+        lines += [f"  {path}" for path in moved[:max_bad]]
+        if len(moved) > max_bad:
+            lines.append(f"  ... and {len(moved) - max_bad} more (--json lists all)")
     if report["refetch"]:
         lines.append("to fetch again: " + " ".join(report["refetch"]))
-    lines.append("all verified" if report["ok"] else "verification FAILED")
+    verified = report.get("verified", report["ok"])
+    lines.append("all verified" if verified else f"verification FAILED: {len(bad)} bad")
     return "\n".join(lines)
 
 
-def format_report(report: dict) -> str:
-    text = format_verify(report)
-    if report.get("repair"):
-        text += "\n" + fetch_command.format_report(report["repair"])
+def format_report(report: dict, quiet: bool = False) -> str:
+    """The verification, then (with --repair) the fetch that redid what was moved aside, and the outcome."""
+    text = format_verify(report, quiet=quiet)
+    repair = report.get("repair")
+    if repair:
+        fetched = fetch_command.format_report(repair)
+        text += "\n\nrepair: fetched again " + " ".join(report["refetch"]) + ("" if quiet else "\n" + fetched)
+        text += "\n" + ("repaired: run mmcorpus verify again to check" if report["ok"] else
+                        "repair FAILED: the fetch above did not complete")
     return text
