@@ -122,7 +122,10 @@ class Context:
                        max(verbose, self.verbose), log_file or self.log_file)
 
     def resolved_root(self) -> Path:
-        return layout.resolve_root(self.root)
+        root = layout.resolve_root(self.root)
+        if root.exists() and not root.is_dir():
+            raise UsageError(f"--root {root} is not a directory (the data root; env MMCORPUS_ROOT)")
+        return root
 
     def registry(self):
         from mmcorpus.registry import Registry
@@ -144,9 +147,13 @@ def _configure_logging(state: Context) -> None:
     # On a terminal people read short lines; in cron logs every line needs its time.
     fmt = "%(message)s" if sys.stderr.isatty() else "%(asctime)s %(levelname)s %(message)s"
     console.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S"))
+    console.addFilter(lambda record: not getattr(record, "log_file_only", False))
     handlers = [console]
     if state.log_file:
-        handler = logging.FileHandler(state.log_file)
+        try:
+            handler = _LogFile(state.log_file)
+        except OSError as exc:  # the usual cron mistake: a log folder that does not exist, or is not writable
+            raise UsageError(f"--log-file {state.log_file}: cannot open it: {exc.strerror}") from None
         handler.setLevel(logging.DEBUG if state.verbose else logging.INFO)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         handlers.append(handler)
@@ -156,17 +163,52 @@ def _configure_logging(state: Context) -> None:
     set_quiet(state.quiet)
 
 
+class _LogFile(logging.FileHandler):
+    """--log-file: a log that cannot be written (disk full) says so once on stderr, not a traceback per line."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            sys.stderr.write(f"mmcorpus: warning: cannot write --log-file {self.baseFilename}: "
+                             f"{sys.exc_info()[1]}; logging to it stops\n")
+
+
+def _to_log_file(text: str, level: int = logging.INFO) -> None:
+    """Into --log-file only (the console already shows it): why the run ended, so a log alone tells."""
+    log = logging.getLogger("mmcorpus.cli")
+    if not any(isinstance(h, _LogFile) for h in logging.getLogger("mmcorpus").handlers):
+        return  # no --log-file (or it could not be opened): logging's last resort would print it twice
+    for line in filter(str.strip, text.splitlines()):
+        log.log(level, "%s", line, extra={"log_file_only": True})
+
+
 def emit(data: Any, as_json: bool, text: Callable[[], str]) -> None:
-    """A command's report on stdout: JSON with URLs redacted, or the text with control characters escaped too."""
+    """A command's report on stdout: JSON with URLs redacted, or the text with control characters escaped too.
+    The text summary also goes to --log-file."""
     from mmcorpus.core.redact import redact_data, safe_text
 
-    typer.echo(json.dumps(redact_data(data), indent=2, default=str) if as_json else safe_text(text(), one_line=False))
+    summary = safe_text(text(), one_line=False)
+    typer.echo(json.dumps(redact_data(data), indent=2, default=str) if as_json else summary)
+    _to_log_file("summary:\n" + summary)
 
 
 def _error_line(message: str) -> None:
     from mmcorpus.core.redact import safe_text
 
-    typer.echo(f"mmcorpus: error: {safe_text(message)}", err=True)
+    line = f"mmcorpus: error: {safe_text(message)}"
+    typer.echo(line, err=True)
+    _to_log_file(line, logging.ERROR)
+
+
+def _os_error_message(exc: OSError, state: "Context") -> str:
+    """One line for a file-system refusal: what, which path, and --root when the path is under it."""
+    path = exc.filename or ""
+    reason = exc.strerror or type(exc).__name__
+    root = layout.resolve_root(state.root)
+    hint = f" (the data root is {root}: pass --root or set MMCORPUS_ROOT)" if str(path).startswith(str(root)) else ""
+    return f"cannot write {path}: {reason}{hint}" if path else f"{reason}{hint}"
 
 
 def command(name: str | None = None, *, reports: bool = False):
@@ -185,19 +227,20 @@ def command(name: str | None = None, *, reports: bool = False):
         def wrapper(ctx: typer.Context, **kwargs):
             common = {n: kwargs.pop(n) for n in COMMON}
             state = (ctx.obj or Context()).merge(**common)
-            _configure_logging(state)
             try:
+                _configure_logging(state)
                 return func(state, **kwargs)
             except MMCorpusError as exc:
                 _error_line(str(exc))
                 raise typer.Exit(exc.exit_code) from None
             except OSError as exc:
-                if not is_disk_full(exc):
-                    raise
-                _error_line(disk_full_message(exc, where=f"a file under {state.resolved_root()}"))
+                if is_disk_full(exc):
+                    _error_line(disk_full_message(exc, where=f"a file under {layout.resolve_root(state.root)}"))
+                else:  # a read-only root, a root that is a file, a folder taken away: one line, not a traceback
+                    _error_line(_os_error_message(exc, state))
                 raise typer.Exit(EXIT_FAILED) from None
             except KeyboardInterrupt:
-                typer.echo("mmcorpus: interrupted; run the same command again to resume", err=True)
+                _error_line("interrupted; run the same command again to resume")
                 raise typer.Exit(130) from None
 
         wrapper.__signature__ = inspect.Signature(params)
@@ -272,7 +315,8 @@ def fetch(
                                                 "are checked: decode (default; every byte decoded) or structure "
                                                 "(header and end-of-image marker only; faster, see README).")] = None,
     timeout: Annotated[Optional[float], value("--timeout", metavar="SECONDS", help="Total deadline per image "
-                                              "(default 20).")] = None,
+                                              "(default 20); a file or archive must bring 1 MiB per 3x "
+                                              "this.")] = None,
     retry_failed: Annotated[bool, flag("--retry-failed", help="Re-try transient image failures.")] = False,
     mirror: Annotated[Optional[list[str]], value("--mirror", metavar="FROM=TO", show_default=False,
                                                  help="Rewrite URL prefixes (repeatable).")] = None,

@@ -190,3 +190,39 @@ def test_verify_of_an_empty_root_says_nothing_was_fetched(tmp_path):
     assert asked.returncode == 1  # asked about a name that is not there
     report = json.loads(asked.stdout)
     assert report["fetched"] == [] and report["ok"] is False and report["root"] == str(root)
+
+
+def test_the_log_file_records_why_a_run_ended_and_its_summary(tmp_path):
+    log = tmp_path / "run.log"
+    failed = mmcorpus("--log-file", str(log), "fetch", "cc3n", "--root", str(tmp_path / "root"))
+    assert failed.returncode == 2
+    error = one_line_error(failed)
+    assert error in log.read_text()  # the console line, once, in the log too
+    assert failed.stderr.count(error) == 1
+    done = mmcorpus("--log-file", str(log), "verify", "--root", str(tmp_path / "root"))
+    assert done.returncode == 0 and "summary:" in log.read_text()
+    assert f"nothing fetched under {tmp_path / 'root'}" in log.read_text()
+
+
+@pytest.mark.parametrize("where", ["missing/run.log", "a-file/run.log"])
+def test_a_log_file_that_cannot_be_opened_is_one_line(tmp_path, where):
+    (tmp_path / "a-file").write_text("")
+    result = mmcorpus("--log-file", str(tmp_path / where), "list")
+    assert result.returncode == 2
+    assert f"--log-file {tmp_path / where}: cannot open it" in one_line_error(result)
+
+
+def test_a_root_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "root").write_text("")
+    for args in (["fetch", "llava_instruct"], ["prepare", "--stage", "finetune"], ["status"]):
+        result = mmcorpus(*args, "--root", str(tmp_path / "root"))
+        assert result.returncode != 0, args
+        assert f"--root {tmp_path / 'root'} is not a directory" in one_line_error(result)
+
+
+def test_a_root_that_cannot_be_written_is_one_line():
+    """/proc refuses new folders even to root (tests may run as root, for whom chmod 555 changes nothing)."""
+    root = "/proc/mmcorpus-test-root"
+    result = mmcorpus("fetch", "llava_instruct", "--root", root)
+    assert result.returncode == 1
+    assert f"cannot write {root}" in one_line_error(result) and "--root" in result.stderr

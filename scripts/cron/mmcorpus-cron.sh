@@ -31,7 +31,10 @@ log="$log_dir/fetch-$stamp.log"
 summary="$log_dir/fetch-$stamp.json"
 
 # --json: the final summary on stdout (kept as a file for dashboards); --quiet: only errors on stderr.
-"$bin" fetch "$@" --quiet --json --log-file "$log" >"$summary.tmp" 2>>"$log"
+# --log-file gets every line, the error line that ended the run and the summary: stderr is kept apart (not
+# appended to the log, where each error would appear twice) and printed only when the run failed.
+stderr="$log_dir/.fetch-$stamp.stderr"
+"$bin" fetch "$@" --quiet --json --log-file "$log" >"$summary.tmp" 2>"$stderr"
 rc=$?
 if [[ $rc -eq 75 ]]; then
     rm -f "$summary.tmp" "$log"  # nothing ran: keep fetch-last.json pointing at the last real run
@@ -52,7 +55,12 @@ case $rc in
         ;;
     *)
         echo "mmcorpus-cron: 'mmcorpus fetch $*' failed with exit $rc (1: a step failed, 2: bad usage or config); log: $log" >&2
-        tail -n 20 "$log" >&2 2>/dev/null
+        if [[ -s "$log" ]]; then
+            tail -n 20 "$log" >&2
+        else  # the log could not even be opened (the one-line error says why)
+            cat "$stderr" >&2
+        fi
         ;;
 esac
+rm -f "$stderr"
 exit $rc

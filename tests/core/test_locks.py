@@ -224,7 +224,9 @@ CRON = REPO / "scripts" / "cron" / "mmcorpus-cron.sh"
 
 def run_cron(tmp_path: Path, exit_code: int) -> subprocess.CompletedProcess:
     fake = tmp_path / "fake-mmcorpus"
-    fake.write_text(f"#!/bin/sh\necho \"$@\" >&2\necho '{{\"exit_code\": {exit_code}}}'\nexit {exit_code}\n")
+    # Like mmcorpus: the arguments into its --log-file (the last one), a line on stderr, the JSON on stdout.
+    fake.write_text(f"#!/bin/bash\necho \"$@\" >\"${{@: -1}}\"\necho 'mmcorpus: error: on stderr' >&2\n"
+                    f"echo '{{\"exit_code\": {exit_code}}}'\nexit {exit_code}\n")
     fake.chmod(0o755)
     env = {**os.environ, "MMCORPUS_ROOT": str(tmp_path / "root"), "MMCORPUS_BIN": str(fake)}
     return subprocess.run(["bash", str(CRON), "cc3m", "--workers", "2"], env=env, capture_output=True, text=True)
@@ -253,6 +255,12 @@ def test_cron_wrapper_reports_other_failures(tmp_path):
     result = run_cron(tmp_path, 1)
     assert result.returncode == 1
     assert result.stderr.startswith("mmcorpus-cron: 'mmcorpus fetch cc3m --workers 2' failed with exit 1")
+    # the log's tail follows; stderr was not appended to the log, where every error line would appear twice
+    logs = tmp_path / "root" / "logs"
+    [log] = logs.glob("fetch-*.log")
+    assert "mmcorpus: error: on stderr" not in log.read_text()
+    assert result.stderr.splitlines()[1].startswith("fetch cc3m --workers 2 --quiet --json --log-file ")
+    assert not list(logs.glob(".fetch-*"))  # the wrapper's stderr file is removed
 
 
 def test_breaker_leaves_a_fresh_lock_taken_after_it_judged_the_old_one(root):
