@@ -226,3 +226,18 @@ def test_a_root_that_cannot_be_written_is_one_line():
     result = mmcorpus("fetch", "llava_instruct", "--root", root)
     assert result.returncode == 1
     assert f"cannot write {root}" in one_line_error(result) and "--root" in result.stderr
+
+
+def test_status_names_what_is_on_disk_but_unknown_and_info_without_a_title_has_no_dangling_colon(tmp_path, mirror):
+    from helpers.urllist import url_list_spec
+
+    config = url_list_spec(tmp_path / "specs", mirror, rows=2)
+    root = tmp_path / "root"
+    assert mmcorpus(*config, "fetch", "mine", "--root", str(root), "--allow-private-hosts").returncode == 0
+    info = mmcorpus(*config, "info", "mine", "--root", str(root))
+    assert info.stdout.splitlines()[0] == "mine (dataset)"  # the spec has no title
+    known = mmcorpus(*config, "status", "--root", str(root))
+    assert "no loaded spec" not in known.stdout
+    forgotten = mmcorpus("status", "--root", str(root))  # cron without MMCORPUS_CONFIG_DIR
+    assert forgotten.returncode == 0
+    assert "on disk, but no loaded spec has these names: mine (your own specs? pass --config-dir" in forgotten.stdout

@@ -25,7 +25,7 @@ def on_disk(spec: Spec, root: Path) -> dict:
 
 def format_report(registry: Registry, data: dict) -> str:
     spec = registry.get(data["name"])
-    lines = [f"{spec.name} ({spec.kind}): {spec.title}"]
+    lines = [f"{spec.name} ({spec.kind})" + (f": {spec.title}" if spec.title else "")]
     for label, value in (("stages", ", ".join(spec.stages)), ("homepage", spec.homepage),
                          ("license", spec.license), ("citation", spec.citation), ("path", spec.path and
                          f"<root>/{layout.IMAGES}/{spec.path}"), ("images", "from the url column" if spec.images_from

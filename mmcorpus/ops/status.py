@@ -51,7 +51,26 @@ def collect_status(registry: Registry, root: Path, name: str | None = None) -> d
     """Status of every spec, or of `name` (a dataset also shows the collections its images live in)."""
     root = Path(root)
     specs = list(registry) if name is None else registry.with_collections(name)
-    return {"root": str(root), "collected_at": time.time(), "items": {s.name: spec_status(s, root) for s in specs}}
+    report = {"root": str(root), "collected_at": time.time(), "items": {s.name: spec_status(s, root) for s in specs}}
+    if name is None:
+        report["unknown_on_disk"] = unknown_on_disk(registry, root)
+    return report
+
+
+def unknown_on_disk(registry: Registry, root: Path) -> list[str]:
+    """Names with files or a run record under `root` that no loaded spec owns: usually a user's own spec that
+    this command was not given (--config-dir / MMCORPUS_CONFIG_DIR), sometimes a renamed one."""
+    known = {spec.name for spec in registry}
+    owned_images = known | {spec.path.split("/", 1)[0] for spec in registry if spec.kind == "collection" and spec.path}
+    found = set()
+    for folder, owners in ((root / layout.DOWNLOADS, known), (root / layout.IMAGES, owned_images)):
+        if folder.is_dir():
+            found |= {p.name for p in folder.iterdir() if p.is_dir() and p.name not in owners
+                      and not p.name.startswith(".")}
+    runs = root / layout.RUNS
+    if runs.is_dir():
+        found |= {p.stem for p in runs.glob("*.json") if p.stem not in known}
+    return sorted(found)
 
 
 def spec_status(spec: Spec, root: Path) -> dict:
@@ -196,6 +215,9 @@ def format_status(status: dict) -> str:
         lines += ["", "nothing on disk yet: " + ", ".join(empty)]
     if details:
         lines += ["", *details]
+    if status.get("unknown_on_disk"):
+        lines += ["", "on disk, but no loaded spec has these names: " + ", ".join(status["unknown_on_disk"])
+                  + " (your own specs? pass --config-dir DIR or set MMCORPUS_CONFIG_DIR)"]
     return "\n".join(lines)
 
 
