@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -42,7 +43,9 @@ from mmcorpus.errors import LockedError, UsageError
 from mmcorpus.registry import NAME_RE
 
 DEFAULT_MAX_AGE = 6 * 3600.0  # seconds without a refresh before another host may break the lock
+log = logging.getLogger(__name__)
 DEFAULT_POLL = 5.0
+SAY_EVERY = 30.0  # --wait: how often it says whose lock it is waiting for
 # A lock file whose JSON is not (yet) readable may be in the instant between O_EXCL and write(): it is only
 # broken once it is this old, so we never break a lock that is being written.
 UNREADABLE_GRACE = 60.0
@@ -98,22 +101,28 @@ def describe_locks(root: Path, name: str, max_age: float = DEFAULT_MAX_AGE) -> l
 
 @contextlib.contextmanager
 def hold_lock(root: Path, name: str, *, wait: bool = False, max_age: float = DEFAULT_MAX_AGE,
-              poll: float = DEFAULT_POLL, timeout: float | None = None, command: str | None = None) -> Iterator[Holder]:
+              poll: float = DEFAULT_POLL, timeout: float | None = None, command: str | None = None,
+              say_every: float = SAY_EVERY) -> Iterator[Holder]:
     """Hold `<root>/.locks/<name>.lock` for the `with` block.
 
     Busy and `wait` False: raise LockedError (exit 75) naming the holder. `wait` True: poll every `poll`
-    seconds until free (or raise LockedError after `timeout` seconds, when given).
+    seconds until free (or raise LockedError after `timeout` seconds, when given), saying whose lock it waits
+    for at once and every `say_every` seconds (the holder may change while we wait).
     """
     path = lock_path(root, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     me = _me(command)
     deadline = None if timeout is None else time.monotonic() + timeout
+    said = None
     while True:
         holder = _try_acquire(path, me, max_age)
         if holder is None:
             break
         if not wait or (deadline is not None and time.monotonic() >= deadline):
             raise LockedError(f"'{name}' is locked by another run ({holder.describe()}); lock file {path}")
+        if said is None or time.monotonic() - said >= say_every:
+            said = time.monotonic()
+            log.info("waiting for the lock on '%s', held by %s (%s)", name, holder.describe(), path)
         time.sleep(poll)
     refresher = _Refresher(path, me.token, interval=max(0.05, max_age / 10))
     try:

@@ -315,3 +315,29 @@ def test_describe_locks_includes_the_shard_slices(tmp_path):
         (line,) = describe_locks(tmp_path, "cc12m")
     assert line.startswith("cc12m.shard-1-of-4: ") and "--shard 1/4" in line
     assert describe_locks(tmp_path, "cc12m") == []
+
+
+def test_wait_says_whose_lock_it_waits_for(root):
+    import logging
+
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger = logging.getLogger("mmcorpus.core.locks")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    path = write_lock(root, "vg", host="other-host")
+    acquired = []
+    waiter = threading.Thread(target=lambda: acquired.append(_take(root, "vg", wait=True, poll=0.01, say_every=0)))
+    try:
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while len(said) < 2 and time.monotonic() < deadline:  # at once, then every say_every
+            time.sleep(0.01)
+        path.unlink()  # the holder goes away: the waiter takes the lock
+        waiter.join(timeout=30)
+    finally:
+        logger.removeHandler(handler)
+    assert acquired == [True]
+    assert len(said) >= 2 and all(line.startswith("waiting for the lock on 'vg', held by ") and "other-host" in line
+                                  for line in said)
