@@ -22,6 +22,7 @@ from mmcorpus.stage.build import DUPLICATES
 THUMB_SIZE = 224
 THUMB_QUALITY = 70
 KEPT, DROPPED, SKIPPED = "#2f9e6b", "#d9534f", "#c8ccd2"
+WDS_SKIPPED = {"text_only": "text-only rows", "image_unreadable": "rows whose image became unreadable"}
 REASONS = {
     "text_only": "no image (text-only rows are not used in this stage)",
     "image_not_downloaded": "the image URL failed or was not fetched",
@@ -69,7 +70,7 @@ def format_stage_summary(manifest: dict) -> str:
             detail = ", ".join(f"{reason} {_n(n)}" for reason, n in sorted(lost.items(), key=lambda kv: -kv[1]))
             lines.append(f"  before the stage, {d['dataset']}/{d['subset']}: {detail}")
     for m in manifest.get("missing", []):
-        lines.append(f"  missing  {m['dataset']}/{m['subset']}: not fetched ({m['fetch']})")
+        lines.append(f"  missing  {m['dataset']}/{m['subset']}: {m.get('reason') or 'not fetched'} ({m['fetch']})")
     lines.append("  outputs: " + ", ".join(_output_summary(manifest)))
     return "\n".join(lines)
 
@@ -81,7 +82,10 @@ def _output_summary(manifest: dict) -> list[str]:
     if "llava" in out:
         items.append(f"{layout.STAGE_LLAVA}/{out['llava']['file']} ({_n(out['llava']['records'])} records)")
     if "webdataset" in out:
-        items.append(f"{len(out['webdataset']['shards'])} tar shard(s) in {layout.STAGE_WEBDATASET}/")
+        skipped = out["webdataset"].get("skipped") or {}
+        note = "".join(f", skipped {_n(n)} {WDS_SKIPPED.get(r, r)}" for r, n in sorted(skipped.items()))
+        items.append(f"{len(out['webdataset']['shards'])} tar shard(s) in {layout.STAGE_WEBDATASET}/"
+                     f" ({_n(out['webdataset'].get('samples', 0))} samples{note})")
     return items + [layout.STAGE_REPORT]
 
 

@@ -34,6 +34,7 @@ from mmcorpus.errors import (
 from mmcorpus.schema import UNIFIED_SCHEMA
 from mmcorpus.stage.imagecheck import POOL_MIN, ImageCheck, ImageChecker
 from mmcorpus.stage.mix import load_mix, resolve_mix, stage_files
+from mmcorpus.stage.report import format_stage_summary
 from mmcorpus.stage.prepare import prepare_stage, prepared_stages, read_manifest
 from mmcorpus.stage.sampling import Rule, parse_rule
 
@@ -227,9 +228,12 @@ def test_finetune_keeps_text_only_and_drops_identical_records(root, registry):
                                                    {"role": "assistant", "content": "No."}]),  # same text-only record
     ]
     write_normalized(root, "sharegpt4v", "sft", sft)
-    manifest = prepare_stage(registry, root, "finetune")
+    manifest = prepare_stage(registry, root, "finetune", formats=["parquet", "webdataset"])
     assert manifest["total"]["kept"] == 4
     assert manifest["total"]["dropped"] == {"duplicate_record": 2}
+    # the WebDataset export says what it left out (an image-text loader cannot use a text-only row)
+    assert "4 tar shard(s)" not in format_stage_summary(manifest)
+    assert "1 tar shard(s) in webdataset/ (3 samples, skipped 1 text-only rows)" in format_stage_summary(manifest)
     ids = sorted(r["sample_id"] for r in stage_rows(root, "finetune"))  # shards hold a shuffle of the mix
     assert ids == ["llava_instruct/mix665k/0", "llava_instruct/mix665k/1", "llava_instruct/mix665k/2", "sharegpt4v/sft/1"]
 

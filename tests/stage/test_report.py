@@ -49,6 +49,10 @@ def test_terminal_summary_has_counts_drops_and_missing(stage):
     assert any("image_missing" in line for line in lines)
     assert "before the stage, cc3m/train: not_found 4, timeout 1" in text
     assert "missing  sharegpt4v/pt: not fetched (mmcorpus fetch sharegpt4v)" in text
+    first = manifest["missing"][0]
+    rejected = {**manifest, "missing": [{**first, "reason": "all 5 records rejected (bad_role 5)"}]}
+    assert (f"missing  {first['dataset']}/{first['subset']}: all 5 records rejected (bad_role 5) (mmcorpus fetch"
+            in format_stage_summary(rejected))
 
 
 def test_report_is_self_contained_and_escapes_dataset_text(stage):
