@@ -241,3 +241,22 @@ def test_status_names_what_is_on_disk_but_unknown_and_info_without_a_title_has_n
     forgotten = mmcorpus("status", "--root", str(root))  # cron without MMCORPUS_CONFIG_DIR
     assert forgotten.returncode == 0
     assert "on disk, but no loaded spec has these names: mine (your own specs? pass --config-dir" in forgotten.stdout
+
+
+def test_dry_run_shows_the_collections_a_json_dataset_may_need_and_the_web_images_of_a_url_list(tmp_path):
+    text = mmcorpus("fetch", "llava_instruct", "cc3m", "--dry-run", "--limit", "1000", "--root", str(tmp_path)).stdout
+    assert "coco_train2017 (collection, if llava_instruct's records use it): 1 files, ~18.0 GB" in text
+    assert "  train2017.zip" in text and "~9.0 GB" in text  # vg's images.zip: approx_size, not '?'
+    assert "by hand:" in text and "(mmcorpus info ocr_vqa)" in text  # a collection with no headless download
+    assert "  + up to 2,000 images from the web" in text  # cc3m's two TSVs, cut at --limit
+    assert text.splitlines()[-1].startswith("total: ~") and text.splitlines()[-1].endswith("+ the web images")
+    no_images = mmcorpus("fetch", "llava_instruct", "--dry-run", "--no-images", "--root", str(tmp_path)).stdout
+    assert "coco_train2017" not in no_images
+
+
+def test_an_approximate_size_takes_a_unit_and_a_bad_one_names_its_key(tmp_path):
+    spec = write_spec(tmp_path / "specs", "mine", "https://example.org/a.json", b"[]")
+    spec.write_text(spec.read_text().replace("    size: 2\n", "    approx_size: 18 parsecs\n"))
+    result = mmcorpus("--config-dir", str(tmp_path / "specs"), "info", "mine")
+    assert result.returncode == 2
+    assert "approx_size" in one_line_error(result) and "'18 GB'" in result.stderr

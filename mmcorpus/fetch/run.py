@@ -79,7 +79,7 @@ def fetch(registry: Registry, names: list[str], options: FetchOptions) -> dict[s
     options.check()
     targets = parse_targets(registry, names)
     if options.dry_run:
-        return {"dry_run": True, "targets": [plan(t, options) for t in targets], "ok": True}
+        return {"dry_run": True, "targets": plan_all(registry, targets, options), "ok": True}
     done: set[str] = set()
     reports = []
     for target in targets:
@@ -244,16 +244,45 @@ def _needs_fingerprint(spec: Spec, paths: list[tuple[str, str]], candidates: lis
 # ----------------------------------------------------------------------------------------- plan, locks
 
 
+def plan_all(registry: Registry, targets: list[Target], options: FetchOptions) -> list[dict]:
+    """--dry-run: each target, and after a JSON dataset the collections it may need (the real fetch reads the
+    JSON first and fetches only those its records reference), each once."""
+    planned: list[dict] = []
+    seen: set[str] = set()
+    for target in targets:
+        if target.spec.name in seen:
+            continue
+        seen.add(target.spec.name)
+        planned.append(plan(target, options))
+        if target.spec.kind == "dataset" and not options.no_images:
+            for name in target.spec.collections:
+                if name not in seen:
+                    seen.add(name)
+                    planned.append({**plan(Target(registry.get(name)), options), "needed_by": target.spec.name})
+    return planned
+
+
 def plan(target: Target, options: FetchOptions) -> dict:
-    """What a fetch would download (for --dry-run)."""
+    """What a fetch would download (for --dry-run). `web_images`: at most how many images a URL list fetches
+    (the spec's approximate record counts, cut at --limit); None when the spec does not say."""
     files = target.files(options.all_files)
+    spec = target.spec
+    web_images = None
+    if spec.images_from == "url" and not options.no_images:
+        counts = [f.records for f in files if f.role == "annotations"]
+        if counts and all(c is not None for c in counts):
+            web_images = sum(c if options.limit is None else min(c, options.limit) for c in counts)
     return {
-        "name": target.spec.name,
-        "kind": target.spec.kind,
+        "name": spec.name,
+        "kind": spec.kind,
         "files": [{"key": f.key, "filename": f.filename, "url": f.url and options.rewrite(f.url),
-                   "size": f.size, "manual": f.manual} for f in files],
-        "bytes": sum(f.size or 0 for f in files),
-        "images": "url column" if target.spec.images_from == "url" else list(target.spec.collections),
+                   "size": f.size, "approx_size": f.approx_size, "manual": f.manual} for f in files],
+        "bytes": sum(f.size or f.approx_size or 0 for f in files),
+        "approximate": any(f.size is None and f.approx_size is not None for f in files),
+        "unknown_sizes": sum(f.size is None and f.approx_size is None for f in files),
+        "images": "url column" if spec.images_from == "url" else list(spec.collections),
+        "web_images": web_images,
+        "manual": spec.manual,
     }
 
 

@@ -53,10 +53,27 @@ def format_report(report: dict) -> str:
     if report.get("dry_run"):
         lines = ["dry run: nothing downloaded"]
         for t in report["targets"]:
-            lines.append(f"{t['name']} ({t['kind']}): {len(t['files'])} files, {human_bytes(t['bytes'])} known size")
+            unknown = f" + {t['unknown_sizes']} of unknown size" if t.get("unknown_sizes") else ""
+            needed = f", if {t['needed_by']}'s records use it" if t.get("needed_by") else ""
+            lines.append(f"{t['name']} ({t['kind']}{needed}): {len(t['files'])} files, "
+                         f"{'~' if t.get('approximate') else ''}{human_bytes(t['bytes'])}{unknown}")
             for f in t["files"]:
                 where = f["url"] or f"manual: {' '.join((f['manual'] or '').split())}"
-                lines.append(f"  {f['filename']:45} {human_bytes(f['size']) if f['size'] else '?':>9}  {where}")
+                size = (human_bytes(f["size"]) if f["size"] is not None else
+                        "~" + human_bytes(f["approx_size"]) if f.get("approx_size") is not None else "?")
+                lines.append(f"  {f['filename']:45} {size:>9}  {where}")
+            if t.get("manual") and not t["files"]:
+                manual = " ".join(t["manual"].split())
+                lines.append(f"  by hand: {manual[:150]}{'...' if len(manual) > 150 else ''} (mmcorpus info {t['name']})")
+            if t.get("images") == "url column":
+                count = f"up to {t['web_images']:,}" if t.get("web_images") is not None else "the"
+                lines.append(f"  + {count} images from the web (their URLs are in the files above)")
+        total = sum(t["bytes"] for t in report["targets"])
+        unknown = sum(t.get("unknown_sizes", 0) for t in report["targets"])
+        about = "~" if any(t.get("approximate") for t in report["targets"]) else ""
+        lines.append(f"total: {about}{human_bytes(total)} of files" + (f" + {unknown} of unknown size" if unknown else "")
+                     + (" + the web images" if any(t.get("images") == "url column" for t in report["targets"])
+                        else ""))
         return "\n".join(lines)
     lines = []
     for t in report["targets"]:

@@ -84,6 +84,24 @@ def as_int(value: Any) -> int:
     return value
 
 
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def as_byte_size(value: Any) -> int:
+    """A size in bytes, or a string such as `18 GB` (decimal units): approximate sizes for display."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    number, _, unit = str(value).strip().partition(" ")
+    try:
+        size = float(number) * _UNITS[unit.strip().upper() or "B"]
+    except (ValueError, KeyError):
+        raise TypeError(f"must be bytes or a number and a unit such as '18 GB' (B, KB, MB, GB, TB), "
+                        f"got {value!r}") from None
+    if size < 0:
+        raise TypeError(f"must not be negative, got {value!r}")
+    return int(size)
+
+
 def as_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"must be true or false, got {value!r}")

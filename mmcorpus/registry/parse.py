@@ -8,6 +8,7 @@ from typing import Any
 from mmcorpus.registry.fields import (
     Fields,
     as_bool,
+    as_byte_size,
     as_int,
     as_str,
     as_str_list,
@@ -33,6 +34,7 @@ def _file_spec(f: Fields, key: str, *, archive: bool) -> FileSpec:
         "url": url,
         "filename": f.get("filename", file_name) or url_file_name(f, url, key),
         "size": f.get("size", as_int),
+        "approx_size": f.get("approx_size", as_byte_size),
         "sha256": f.get("sha256", hex_digest("sha256")),
         "md5": f.get("md5", hex_digest("md5")),
         "mirrors": f.get("mirrors", as_str_list, ()),

@@ -34,6 +34,7 @@ class FileSpec:
     url: str | None = None
     filename: str = ""
     size: int | None = None
+    approx_size: int | None = None  # when the exact size is not known: for --dry-run and list, never verified
     sha256: str | None = None
     md5: str | None = None
     mirrors: tuple[str, ...] = ()
@@ -89,5 +90,5 @@ class Spec:
         return list(self.files.values()) if self.kind == "dataset" else list(self.archives)
 
     def approx_size(self) -> int | None:
-        sizes = [f.size for f in self.downloads if not f.optional]
+        sizes = [f.size or f.approx_size for f in self.downloads if not f.optional]
         return sum(s for s in sizes if s) if any(sizes) else None
