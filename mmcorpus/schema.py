@@ -22,8 +22,12 @@ UNIFIED_SCHEMA = pa.schema(
         pa.field("conversations", pa.list_(TURN_TYPE)),  # roles user/assistant; <image> kept in turn 0
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
+        # The source id when the source wrote an integer (int64), so exports give ids back as written; else null.
+        pa.field("source_id_int", pa.int64()),
     ]
 )
+# Columns added after the first release: a normalized file written before them reads with nulls there.
+ADDITIVE_COLUMNS = ("source_id_int",)
 
 # The error vocabulary of STATUS_SCHEMA.error (DESIGN.md §3); keep the values stable.
 ERRORS = (
@@ -60,5 +64,8 @@ STATUS_SCHEMA = pa.schema(
         pa.field("height", pa.int32()),
         pa.field("image_path", pa.string()),  # relative to <root>/images
         pa.field("sha256", pa.string()),  # of the stored bytes
+        # why a row failed, in words (DNS failure, refused, TLS error, the HTTP status text, which limit was hit);
+        # null when ok. Added last: readers that select columns by name see no change.
+        pa.field("error_detail", pa.string()),
     ]
 )

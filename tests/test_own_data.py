@@ -63,8 +63,10 @@ def test_own_dataset_fetches_with_its_images_and_joins_a_stage_by_its_spec(own):
     assert (root / "images/my_llava/images/001.jpg").is_file()
     prepared = mmcorpus(*own, "prepare", "--stage", "finetune", "--datasets", "my_llava", "--format", "llava")
     assert prepared.returncode == 0, prepared.stderr
-    export = json.loads((root / "stages/finetune/llava/finetune.json").read_text())
+    export = sorted(json.loads((root / "stages/finetune/llava/finetune.json").read_text()), key=lambda r: r["sample_id"])
     assert [r["image"] for r in export] == ["my_llava/images/000.jpg", "my_llava/images/001.jpg"]
+    assert [r["id"] for r in export] == [7, "b1"]  # as the source wrote them: an int stays an int
+    assert [r["sample_id"] for r in export] == ["my_llava/train/0", "my_llava/train/1"]
     assert all((root / "images" / r["image"]).is_file() for r in export)
     assert export[1]["conversations"][0]["value"] == "<image>\nWhat colour?"
 

@@ -18,6 +18,7 @@ from mmcorpus.core.atomicio import read_json, write_json_atomic
 from mmcorpus.core.locks import hold_lock
 from mmcorpus.normalize.runner import normalize_subset
 from mmcorpus.registry import Registry
+from mmcorpus.schema import UNIFIED_SCHEMA
 from mmcorpus.stage.mix import resolve_mix, select_entries
 from mmcorpus.stage.prepare import image_state, normalized_files, prepare_stage
 from mmcorpus.stage.report import format_stage_summary
@@ -85,6 +86,7 @@ def _inputs_fingerprint(registry: Registry, root: Path, spec, file) -> str:
         "images": image_state(root, registry, spec.name, file.key),
         "spec": _stat(spec.source),
         "mmcorpus": __version__,
+        "schema": UNIFIED_SCHEMA.names,  # a column added in a development build re-normalizes as well
     }
     return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
 

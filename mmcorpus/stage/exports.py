@@ -1,6 +1,6 @@
 """Exports of a prepared stage, read back from its parquet shards (bounded memory, streamed).
 
-- LLaVA training JSON (`--format llava`): one JSON array of {"id", "image", "conversations": [{"from":
+- LLaVA training JSON (`--format llava`): one JSON array of {"id", "sample_id", "image", "conversations": [{"from":
   "human"|"gpt", "value"}]}, `<image>` moved to the front of the first human turn ("<image>\\n..."), image paths
   relative to <root>/images, so LLaVA's `--data_path <this file> --image_folder <root>/images` works unchanged.
   Caption rows (no conversation) get a brief-description instruction drawn with the seed from LLaVA's
@@ -61,9 +61,13 @@ def brief_prompt(seed: int, sample_id: str) -> str:
 
 
 def llava_record(row: dict, seed: int) -> dict:
-    """One unified-schema row as a LLaVA training record."""
+    """One unified-schema row as a LLaVA training record: `id` as the source wrote it (int or str; caption rows,
+    which have no source record, get the sample id), `sample_id` the row's unique id in the root."""
     has_image = row.get("image_path") is not None
     turns = [{"from": ROLES.get(t["role"], t["role"]), "value": t["content"] or ""} for t in row.get("conversations") or ()]
+    source_id = row.get("source_id_int")
+    if source_id is None:
+        source_id = row.get("source_id") if turns else None
     if not turns:
         turns = [
             {"from": "human", "value": brief_prompt(seed, row["sample_id"])},
@@ -72,7 +76,7 @@ def llava_record(row: dict, seed: int) -> dict:
     if has_image:
         first = turns[0]["value"].replace(IMAGE_TOKEN, "").strip()
         turns[0] = {"from": turns[0]["from"], "value": f"{IMAGE_TOKEN}\n{first}"}
-    record = {"id": row["sample_id"]}
+    record = {"id": row["sample_id"] if source_id is None else source_id, "sample_id": row["sample_id"]}
     if has_image:
         record["image"] = row["image_path"]
     record["conversations"] = turns

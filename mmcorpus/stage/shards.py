@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from mmcorpus import layout
 from mmcorpus.core.parquet import ShardWriter
 from mmcorpus.errors import BadInputError
-from mmcorpus.schema import UNIFIED_SCHEMA
+from mmcorpus.schema import ADDITIVE_COLUMNS, UNIFIED_SCHEMA
 from mmcorpus.stage.shuffle import BucketShuffle, bucket_count
 
 
@@ -30,10 +30,16 @@ def read_batches(path: Path, batch_size: int = 8192, columns: list[str] | None =
         parquet = pq.ParquetFile(path)
     except (OSError, pa.ArrowInvalid) as exc:
         raise BadInputError(f"{path}: not a readable parquet file ({exc}); delete it and prepare again") from None
-    missing = [name for name in UNIFIED_SCHEMA.names if name not in parquet.schema_arrow.names]
+    present = parquet.schema_arrow.names
+    missing = [name for name in UNIFIED_SCHEMA.names if name not in present and name not in ADDITIVE_COLUMNS]
     if missing:
         raise BadInputError(f"{path}: not in the unified schema (no column '{missing[0]}'); normalize it again")
-    for batch in parquet.iter_batches(batch_size=batch_size, columns=schema.names):
+    absent = [name for name in schema.names if name not in present]  # additive columns of a newer release
+    for batch in parquet.iter_batches(batch_size=batch_size, columns=[n for n in schema.names if n in present]):
+        if absent:
+            columns = {name: batch.column(name) for name in batch.schema.names}
+            columns.update({name: pa.nulls(batch.num_rows, schema.field(name).type) for name in absent})
+            batch = pa.RecordBatch.from_arrays([columns[name] for name in schema.names], names=schema.names)
         if not batch.schema.equals(schema):
             try:
                 batch = pa.RecordBatch.from_arrays(

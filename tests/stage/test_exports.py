@@ -97,9 +97,11 @@ def load_llava(root: Path, stage: str) -> list[dict]:
 
 def test_llava_json_is_what_llava_trains_on(finetune_root, registry):
     manifest = prepare_stage(registry, finetune_root, "finetune", formats=["llava"])
-    records = sorted(load_llava(finetune_root, "finetune"), key=lambda r: r["id"])  # the stage is shuffled
+    records = sorted(load_llava(finetune_root, "finetune"), key=lambda r: r["sample_id"])  # the stage is shuffled
     assert manifest["outputs"]["llava"] == {"file": "finetune.json", "records": 4, "folder": "llava"}
-    assert [r["id"] for r in records] == ["llava_instruct/mix665k/0", "llava_instruct/mix665k/1", "llava_instruct/mix665k/2", "sharegpt4v/sft/0"]
+    assert [r["sample_id"] for r in records] == ["llava_instruct/mix665k/0", "llava_instruct/mix665k/1", "llava_instruct/mix665k/2", "sharegpt4v/sft/0"]
+    # the source ids (helpers.stage.row: str(index)); the caption row has no source record: its sample id
+    assert [r["id"] for r in records] == ["0", "1", "2", "sharegpt4v/sft/0"]
     for record in records:
         turns = record["conversations"]
         assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)

@@ -85,6 +85,7 @@ class _Batch:
         self.prefix = job.image_prefix.strip("/") + "/" if job.image_prefix else ""
         self.indices: list[int] = []
         self.ids: list[str | None] = []
+        self.int_ids: list[int | None] = []  # the same ids where the source wrote an integer (source_id_int)
         self.images: list[str | None] = []
         self.conversations: list[list] = []
 
@@ -97,6 +98,7 @@ class _Batch:
         image = record.get("image", _NO_IMAGE)  # the key's absence, not a null, marks a text-only record (P4)
         self.indices.append(index)
         self.ids.append(None if source_id is None else str(source_id))
+        self.int_ids.append(source_id if type(source_id) is int and -2**63 <= source_id < 2**63 else None)
         self.images.append(None if image is _NO_IMAGE else image)
         self.conversations.append(record["conversations"])
 
@@ -154,6 +156,7 @@ class _Batch:
             "dataset": pa.array([job.dataset] * n, pa.string()),
             "subset": pa.array([job.subset] * n, pa.string()),
             "source_id": pa.array(self.ids, pa.string()),
+            "source_id_int": pa.array(self.int_ids, pa.int64()),
             "image_path": pa.array(images, pa.string()),
             "image_url": pa.nulls(n, pa.string()),
             "caption": _captions(turns, images) if job.captions else pa.nulls(n, pa.string()),

@@ -59,6 +59,7 @@ def _unified(ok: pa.RecordBatch, job: Job) -> pa.RecordBatch:
         "dataset": pa.array([job.dataset] * n, pa.string()),
         "subset": pa.array([job.subset] * n, pa.string()),
         "source_id": keys,
+        "source_id_int": pa.nulls(n, pa.int64()),
         "image_path": ok.column("image_path"),
         "image_url": ok.column("url"),
         "caption": ok.column("caption"),
