@@ -218,7 +218,16 @@ def _serve(plan: MirrorPlan, file: FileSpec, content: bytes, skip_primary: bool 
     fields = {"size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
     if file.md5:
         fields["md5"] = hashlib.md5(content).hexdigest()
+    if file.records is not None:  # the progress bars count the demo's rows, not the real file's millions
+        fields["records"] = _record_count(content)
     return fields
+
+
+def _record_count(content: bytes) -> int:
+    """Records of a stand-in annotation file: a JSON array's items, else a TSV's lines."""
+    if content.lstrip()[:1] == b"[":
+        return len(json.loads(content))
+    return sum(1 for line in content.splitlines() if line.strip())
 
 
 def _mirror_path(url: str) -> str:
@@ -252,7 +261,7 @@ def _write_demo_specs(registry: Registry, overrides: dict[str, dict[str, dict]],
 
 
 def _describe(entry: dict, fields: dict | None) -> None:
-    for key in ("size", "sha256", "md5"):
+    for key in ("size", "approx_size", "sha256", "md5", "records"):
         entry.pop(key, None)
     if fields:
         entry.update(fields)
