@@ -83,6 +83,16 @@ def llava_record(row: dict, seed: int) -> dict:
     return record
 
 
+def with_turns(row: dict, seed: int) -> dict:
+    """The row with conversations for every sample: a caption row gets the two turns the LLaVA export gives it
+    (`<image>` and a brief-description instruction, then the caption), so loaders see one shape everywhere."""
+    if row.get("conversations"):
+        return row
+    turns = [{"role": "user", "content": f"{IMAGE_TOKEN}\n{brief_prompt(seed, row['sample_id'])}"},
+             {"role": "assistant", "content": row.get("caption") or ""}]
+    return {**row, "conversations": turns}
+
+
 def write_llava_json(parquet_files: list[Path], out: Path, *, seed: int) -> dict:
     """Stream the stage into one LLaVA JSON array. Returns {"file", "records"}. Written in place: the whole
     stage is built in a temporary folder and swapped in (stages.prepare_stage)."""
@@ -172,14 +182,16 @@ class _TarShards:
         self.tar = None
 
 
-def write_webdataset(parquet_files: list[Path], folder: Path, images_root: Path, *, stem: str, per_shard: int) -> dict:
-    """Stream the stage into WebDataset tar shards. Returns {"shards": [...], "samples", "skipped": {reason: n}}."""
+def write_webdataset(parquet_files: list[Path], folder: Path, images_root: Path, *, stem: str, per_shard: int,
+                     seed: int = 0) -> dict:
+    """Stream the stage into WebDataset tar shards. Returns {"shards": [...], "samples", "skipped": {reason: n}}.
+    `seed` picks the caption rows' instructions, as in the LLaVA export."""
     shards = _TarShards(folder, stem, per_shard)
     skipped: dict[str, int] = {}
     samples = 0
     try:
         for row in stage_rows(parquet_files):
-            reason = _webdataset_sample(row, images_root, shards)
+            reason = _webdataset_sample(row, images_root, shards, seed)
             if reason:
                 skipped[reason] = skipped.get(reason, 0) + 1
             else:
@@ -189,13 +201,13 @@ def write_webdataset(parquet_files: list[Path], folder: Path, images_root: Path,
     return {"shards": shards.shards, "samples": samples, "skipped": skipped}
 
 
-def _webdataset_sample(row: dict, images_root: Path, shards: _TarShards) -> str | None:
+def _webdataset_sample(row: dict, images_root: Path, shards: _TarShards, seed: int) -> str | None:
     if row.get("image_path") is None:
         return "text_only"
     try:
         image = jpeg_bytes(images_root / row["image_path"])
     except (OSError, ValueError, Image.DecompressionBombError):  # vanished or changed since the stage was built
         return "image_unreadable"
-    meta = json.dumps(row, ensure_ascii=False).encode("utf-8")
+    meta = json.dumps(with_turns(row, seed), ensure_ascii=False).encode("utf-8")
     shards.add(wds_key(row["sample_id"]), {"jpg": image, "json": meta, "txt": caption_text(row).encode("utf-8")})
     return None

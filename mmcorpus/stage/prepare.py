@@ -365,7 +365,7 @@ def _exports(out: Path, parquet_files: list[Path], images_root: Path, plan: _Pla
     if "webdataset" in options["formats"]:
         log(f"stage {plan.name}: writing WebDataset shards")
         tars = write_webdataset(parquet_files, layout.stage_webdataset_dir(out), images_root, stem=plan.name,
-                                per_shard=options["samples_per_shard"])
+                                per_shard=options["samples_per_shard"], seed=options["seed"])
         write_sizes(layout.stage_webdataset_dir(out), tars["shards"])
         outputs["webdataset"] = tars | {"folder": layout.STAGE_WEBDATASET}
     if "hf" in options["formats"]:

@@ -194,6 +194,13 @@ def test_webdataset_shards_group_jpg_json_txt_per_sample(finetune_root, registry
     assert samples["llava_instruct--mix665k--1"]["txt"] == b"Yes."
     assert samples["sharegpt4v--sft--0"]["txt"] == b"A bus on a street."
     assert not list((finetune_root / "stages/finetune/webdataset").glob("*.tmp"))
+    # One shape for every sample (HF datasets' webdataset reader infers one schema): the caption row carries
+    # the turns the LLaVA export gives it.
+    metas = {key: json.loads(members["json"]) for key, members in samples.items()}
+    assert len({tuple(sorted(meta)) for meta in metas.values()}) == 1
+    caption = metas["sharegpt4v--sft--0"]["conversations"]
+    assert [t["role"] for t in caption] == ["user", "assistant"] and caption[1]["content"] == "A bus on a street."
+    assert caption[0]["content"].startswith("<image>\n") and caption[0]["content"][8:] in BRIEF_PROMPTS
 
 
 def test_webdataset_tars_are_identical_on_rebuild(finetune_root, registry):
