@@ -9,7 +9,8 @@ a half-written `<subset>-NNNNN.parquet`.
 `fmt="arrow"` writes Arrow IPC files instead (uncompressed, fast): the spill format of normalize.py.
 
 File-level key/value metadata: `mmcorpus_version` plus what the caller passes (dataset, license, source URLs,
-spec version; see `file_metadata`).
+spec version; see `file_metadata`). The source URLs are redacted: the files travel to training clusters and
+the Hub, and a spec URL's password or signature must not travel with them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 import mmcorpus
 from mmcorpus import layout
 from mmcorpus.core.atomicio import temporary_name
+from mmcorpus.core.redact import redact
 from mmcorpus.schema import UNIFIED_SCHEMA
 
 ROW_GROUP_SIZE = 10_000  # training readers read a row group at a time; 10k rows of LLaVA text is ~15 MB
@@ -37,7 +39,7 @@ def file_metadata(spec, subset: str, source_urls: list[str]) -> dict[str, str]:
         "dataset": spec.name,
         "subset": subset,
         "license": spec.license,
-        "source_urls": json.dumps(source_urls),
+        "source_urls": json.dumps([redact(url) for url in source_urls]),
         "spec_version": str(spec.version),
     }
 

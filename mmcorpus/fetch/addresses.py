@@ -2,7 +2,11 @@
 
 Only http and https, checked again at every redirect hop (a public page may redirect to file:// or to the
 cloud metadata service at 169.254.169.254). Hosts that resolve to loopback, private, link-local or other
-non-public addresses are refused, unless the host is a --mirror target or --allow-private-hosts is given.
+non-public addresses are refused, unless --allow-private-hosts is given or the URL lies under a --mirror target:
+on the target's own origin (scheme, host, port) and under its path, which is what a rewrite produces
+(PrivateAllowance). A mirror on one port of a private host is no pass to the rest of it: with
+`http://127.0.0.1:8000/` a row, or a redirect, cannot reach `http://127.0.0.1:6379/`. An IPv6 address that
+carries an IPv4 one (mapped, translated, NAT64, 6to4, IPv4-compatible) is judged by that IPv4 address.
 The check is done on the resolved addresses and the connection is then made to exactly those addresses, so a
 DNS answer that changes between check and connect (DNS rebinding) cannot slip through.
 """
@@ -16,7 +20,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from functools import lru_cache
+from urllib.parse import unquote, urlsplit
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 DNS_CACHE_SECONDS = 300.0
@@ -81,20 +86,103 @@ def _quote_unsafe(path: str) -> str:
     return "".join(c if 0x20 < ord(c) < 0x7F else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in path)
 
 
+# IPv6 ranges whose last 32 bits are an IPv4 address the packet ends up at: NAT64's well-known prefix (RFC 6052),
+# IPv4-compatible (::a.b.c.d, deprecated; also holds :: and ::1) and IPv4-translated (::ffff:0:a.b.c.d, RFC 2765).
+_CARRY_IPV4 = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "::/96", "::ffff:0:0:0/96"))
+# Not global although Python 3.11 says so: local-use NAT64 (RFC 8215, a site's own translator, which reaches
+# whatever that site routes, its private networks among them; where the IPv4 address sits in it depends on the
+# site's prefix length) and the deprecated site-local fec0::/10.
+_NOT_GLOBAL_V6 = tuple(ipaddress.ip_network(n) for n in ("64:ff9b:1::/48", "fec0::/10"))
+
+
 def is_public(address: str) -> bool:
-    """True for a globally routable unicast address. IPv4-mapped IPv6 (::ffff:127.0.0.1) is unwrapped
-    first, or it would pass as "not private"."""
+    """True for a globally routable unicast address. An IPv6 address that carries an IPv4 one is judged by the
+    IPv4 address, or `64:ff9b::7f00:1` (NAT64 of 127.0.0.1) would pass as a public IPv6 address."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in network for network in _NOT_GLOBAL_V6):
+            return False
+        ip = embedded_ipv4(ip) or ip
     return ip.is_global and not ip.is_multicast
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address inside an IPv4-mapped (::ffff:a.b.c.d), 6to4 (2002:AABB:CCDD::/48), NAT64, IPv4-compatible
+    or IPv4-translated address (_CARRY_IPV4); None for any other IPv6 address."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in network for network in _CARRY_IPV4):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def allowance_entry(url: str) -> str | None:
+    """A --mirror target as a PrivateAllowance entry: `scheme://host:port/path`, without user name, password or
+    query (done markers record these entries, and the entry must not carry a secret); None when not http(s)."""
+    try:
+        target = parse_target(url)
+    except BlockedURL:
+        return None  # a local folder or file:// target: nothing to allow on the network
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    return f"{target.scheme}://{host}:{target.port}{target.path.partition('?')[0]}"
+
+
+class PrivateAllowance:
+    """Which URLs may reach a non-public address without --allow-private-hosts.
+
+    An entry is a --mirror target prefix (allowance_entry: `http://10.0.0.5:8080/ggpht/` allows that origin under
+    that path, what the rewrite produces, and nothing else of 10.0.0.5) or, for library callers and tests, a bare
+    host name (`127.0.0.1`: that host on any port). A path that climbs with a `..` segment (also written `%2e%2e`,
+    `..;`, or with a backslash) is never covered: the server would resolve it outside the prefix.
+    """
+
+    def __init__(self, entries: frozenset[str] = frozenset()):
+        self.hosts = frozenset(e.lower() for e in entries if "://" not in e)
+        prefixes = []
+        for entry in sorted(e for e in entries if "://" in e):
+            try:
+                prefix = parse_target(entry)
+            except BlockedURL:
+                continue  # not a network prefix: it allows nothing
+            prefixes.append((prefix.origin, prefix.path.partition("?")[0]))
+        self.prefixes = tuple(prefixes)
+
+    def covers(self, target: Target) -> bool:
+        if target.host in self.hosts:
+            return True
+        return any(target.origin == origin and target.path.startswith(path) and not _climbs(target.path)
+                   for origin, path in self.prefixes)
+
+    def same_origin(self, target: Target) -> bool:
+        """Whether a --mirror prefix lies on the target's origin (for the refusal's wording)."""
+        return any(target.origin == origin for origin, _ in self.prefixes)
+
+
+def _climbs(path: str) -> bool:
+    """Whether a request path holds a `..` segment, in any spelling a server may decode."""
+    path = path.partition("?")[0]
+    for _ in range(3):  # %252e%252e: decoded twice by some stacks
+        decoded = unquote(path)
+        if decoded == path:
+            break
+        path = decoded
+    return any(segment.split(";", 1)[0] == ".." for segment in path.replace("\\", "/").split("/"))
+
+
+@lru_cache(maxsize=16)
+def private_allowance(entries: frozenset[str]) -> PrivateAllowance:
+    """The PrivateAllowance of these entries, built once (the img2dataset planner asks for every row)."""
+    return PrivateAllowance(entries)
 
 
 class AddressPolicy:
     """Resolves hosts (cached, with a deadline) and decides whether their addresses may be contacted."""
 
     def __init__(self, allowed_hosts: frozenset[str] = frozenset(), allow_private: bool = False, threads: int = 8):
-        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
+        """`allowed_hosts`: PrivateAllowance entries (--mirror target prefixes, or bare host names)."""
+        self.allowance = PrivateAllowance(frozenset(allowed_hosts))
         self.allow_private = allow_private
         self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
         self._lock = threading.Lock()
@@ -108,12 +196,18 @@ class AddressPolicy:
     def addresses_for(self, target: Target, deadline: float) -> list[str]:
         """The checked addresses to connect to, in order, or BlockedURL / ResolveTimeout / socket.gaierror."""
         addresses = self._resolve(target.host, target.port, deadline)
-        if self.allow_private or target.host in self.allowed_hosts:
-            return addresses
+        self.check(target, addresses)
+        return addresses
+
+    def check(self, target: Target, addresses: list[str]) -> None:
+        """BlockedURL when `target` may not reach one of `addresses`. Asked again before a kept-alive connection
+        serves another URL: a connection opened under a --mirror prefix is no pass to the rest of its origin."""
+        if self.allow_private or self.allowance.covers(target):
+            return
         refused = [a for a in addresses if not is_public(a)]
         if refused:  # one private answer is enough to refuse: a mixed answer is a rebinding trick
-            raise BlockedURL(f"{target.host} resolves to non-public address {refused[0]}")
-        return addresses
+            where = " (outside the --mirror target's path)" if self.allowance.same_origin(target) else ""
+            raise BlockedURL(f"{target.host} resolves to non-public address {refused[0]}{where}")
 
     def _resolve(self, host: str, port: int, deadline: float) -> list[str]:
         try:

@@ -3,15 +3,21 @@
 What it guards against, in the order a download meets it:
 - a spec URL that is a local copy (`file://`, plain path): copied and verified like a download;
 - redirects: followed by hand so that the scheme is checked at every hop and `HF_TOKEN` is sent only to the
-  Hugging Face endpoint host, never to the CDN or any other host a redirect leads to;
+  Hugging Face endpoint's origin (scheme, host, port) over https or loopback (hub.endpoint_auth, the Hub
+  client's rule too), never to the CDN, any other host a redirect leads to, or over plain http;
 - transient failures (connection errors, cuts mid-body, 408/429/5xx): retried with exponential backoff and
   jitter, honouring Retry-After; 403/404/410 and other 4xx are final (the next mirror is tried);
-- a killed or cut download: bytes go to `<file>.part` (with a `.part.json` naming its source), and the next
+- a killed or cut download: bytes go to `<file>.part` (with a `.part.json` naming its source, redacted: no
+  password or signature of the URL is stored), and the next
   attempt, in this run or a later one, asks for the rest with Range + If-Range; a server that answers 200
   (ignores Range) or a 206 for another offset makes us restart from zero instead of appending garbage
   (the huggingface_hub and yt-dlp lesson);
 - an HTML page instead of the file (expired links, HF `/blob/` viewer pages, Google Drive's virus-scan page):
-  Drive's confirm form is followed, anything else is an error;
+  Drive's confirm form is followed when the page comes from Google Drive (gdrive.is_drive_url), anything else
+  is an error;
+- a body that would never end: we ask for identity encoding, and transfer.py stops a body that brings more
+  bytes than the spec's size (decoded; the partial file is deleted, not kept) or too few per time window
+  (retried and resumed like a cut);
 - a wrong file: size and sha256/md5 from the spec are checked before the rename; a mismatch moves the bytes
   to `.rejected/` and the final path never holds them.
 """
@@ -25,9 +31,9 @@ import os
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -36,16 +42,19 @@ from mmcorpus import USER_AGENT
 from mmcorpus.core.atomicio import read_json
 from mmcorpus.core.diskspace import MIN_MARGIN, ensure_free_space
 from mmcorpus.core.progress import ByteProgress
+from mmcorpus.core.redact import redact_url
 from mmcorpus.errors import DownloadError, VerificationError
 from mmcorpus.fetch import checksums as verify
-from mmcorpus.fetch.gdrive import gdrive_confirm_url, page_title
+from mmcorpus.fetch import transfer
+from mmcorpus.fetch.gdrive import gdrive_confirm_url, has_confirm_form, page_title
+from mmcorpus.fetch.hub import endpoint_auth
+from mmcorpus.fetch.transfer import CHUNK, Body, Limits, content_encoding, describe
 from mmcorpus.fetch.urls import UrlRewriter, local_path
 from mmcorpus.layout import part_meta_path, part_meta_temp, part_path
 from mmcorpus.registry import FileSpec
 
 log = logging.getLogger("mmcorpus.download")
 
-CHUNK = 1 << 16  # what a cut connection can cost us; small enough to resume close to the cut
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524}
 MAX_CONFIRM_PAGES = 3  # Google Drive interstitials followed before giving up
 
@@ -58,10 +67,19 @@ class DownloadOptions:
     max_backoff: float = 60.0
     max_retry_after: float = 300.0  # a Retry-After beyond this is capped (cron runs must end)
     connect_timeout: float = 20.0
-    read_timeout: float = 60.0
+    read_timeout: float = 60.0  # per socket read; never more than `window`
+    window: float = transfer.DEFAULT_WINDOW  # a body must bring `window_bytes` per `window` seconds (transfer.py)
+    window_bytes: int = transfer.WINDOW_BYTES
     max_redirects: int = 10
     hf_token: str | None = field(default_factory=lambda: os.environ.get("HF_TOKEN") or None)
     sleep: Callable[[float], None] = time.sleep
+
+    def for_timeout(self, timeout: float) -> DownloadOptions:
+        """These options under `--timeout SECONDS`: the throughput window is WINDOW_PER_TIMEOUT times it."""
+        return replace(self, window=transfer.WINDOW_PER_TIMEOUT * timeout)
+
+    def limits(self, spec: FileSpec) -> Limits:
+        return Limits(max_bytes=spec.size, window=self.window, window_bytes=self.window_bytes)
 
 
 @dataclass
@@ -193,6 +211,8 @@ def _fetch_with_retries(spec_url: str, url: str, spec: FileSpec, final: Path, op
     attempt, pages = 0, 0
     with requests.Session() as session:
         session.headers["User-Agent"] = USER_AGENT
+        # Bytes on disk are bytes on the wire: no decoding bomb, and Range offsets mean what they say.
+        session.headers["Accept-Encoding"] = "identity"
         while True:
             try:
                 digests = _fetch_once(session, spec_url, url, spec, part, options, label)
@@ -236,14 +256,14 @@ def _fetch_once(session: requests.Session, spec_url: str, url: str, spec: FileSp
     try:
         response = _get(session, url, headers, options)
     except requests.RequestException as exc:
-        raise _Retry(_describe(exc)) from None
+        raise _Retry(describe(exc)) from None
     with response:
         offset = _check_response(response, offset, label, url)
         if offset is None:  # 416: what we have is already the whole file
             digests = verify.Digests(spec)
             digests.feed_file(part)
             return digests.hexdigests()
-        return _stream_body(response, spec_url, spec, part, offset, label)
+        return _stream_body(response, spec_url, spec, part, offset, options, label)
 
 
 def _check_response(response: requests.Response, offset: int, label: str, url: str) -> int | None:
@@ -273,35 +293,43 @@ def _check_response(response: requests.Response, offset: int, label: str, url: s
 
 
 def _stream_body(response: requests.Response, spec_url: str, spec: FileSpec, part: Path, offset: int,
-                 label: str) -> dict[str, str]:
+                 options: DownloadOptions, label: str) -> dict[str, str]:
+    body = Body(response, options.limits(spec), offset)
+    if offset and body.encoding:
+        raise _Restart(f"server sent a range with Content-Encoding {body.encoding}")
     digests = verify.Digests(spec)
     if offset:
         digests.feed_file(part, offset)
     expected_total = _expected_total(response, offset)
-    if expected_total and not spec.size:
-        # Specs without a size (COCO's zip) escape fetch's free-space check: check once the server says.
-        ensure_free_space(part.parent, expected_total - offset, what=label,
-                          min_margin=min(MIN_MARGIN, expected_total - offset))
-    chunks = response.iter_content(CHUNK)
-    written = offset
     progress = None
     try:
         first = b""
         if offset == 0:
-            first = next(chunks, b"")
-            _reject_html_page(response, first, spec, label)
+            first = body.read_some(1024)
+            _reject_html_page(response, first, body, spec, options, label)
+        if spec.size is not None and expected_total is not None and expected_total > spec.size:
+            raise transfer.TooLarge(f"the server announces {expected_total} bytes, more than the spec's size "
+                                    f"{spec.size}")
+        if expected_total and not spec.size:
+            # Specs without a size (COCO's zip) escape fetch's free-space check: check once the server says.
+            ensure_free_space(part.parent, expected_total - offset, what=label,
+                              min_margin=min(MIN_MARGIN, expected_total - offset))
+        if offset == 0 and not body.encoding:  # a decoded body cannot be resumed by byte offset
             _write_meta(part, spec_url, response)
         progress = ByteProgress(label, expected_total or spec.size, offset)
         with open(part, "r+b" if offset else "wb") as fh:
             fh.seek(offset)
             fh.truncate()
-            for chunk in _prepend(first, chunks):
-                fh.write(chunk)
-                digests.update(chunk)
-                written += len(chunk)
-                progress.update(len(chunk))
-    except requests.RequestException as exc:
-        raise _Retry(f"{_describe(exc)} after {written} bytes") from None
+            written = body.copy(fh, first, lambda piece: (digests.update(piece), progress.update(len(piece))))
+    except (transfer.Broken, transfer.TooSlow) as exc:
+        after = f" after {body.position} bytes" if isinstance(exc, transfer.Broken) else ""
+        raise _Retry(f"{exc}{after}") from None
+    except transfer.TooLarge as exc:
+        _discard(part)
+        raise VerificationError(f"{label}: {response.url}: {exc}; download stopped and its partial file deleted "
+                                "(an oversize download is not kept in .rejected/)", url=response.url) from None
+    except transfer.Undecodable as exc:
+        raise DownloadError(f"{label}: {response.url}: {exc}", url=response.url) from None
     finally:
         if progress is not None:
             progress.close()
@@ -316,8 +344,10 @@ def _get(session: requests.Session, url: str, headers: dict, options: DownloadOp
         scheme = urlsplit(url).scheme
         if scheme not in ("http", "https"):
             raise DownloadError(f"{url}: refusing URL scheme '{scheme}' (only http and https)", url=url)
-        response = session.get(url, headers={**headers, **_auth_for(url, options)}, stream=True,
-                               allow_redirects=False, timeout=(options.connect_timeout, options.read_timeout))
+        response = session.get(url, headers={**headers, **endpoint_auth(url, options.rewrite.hf_endpoint,
+                                                                         options.hf_token)},
+                               stream=True, allow_redirects=False,
+                               timeout=(options.connect_timeout, min(options.read_timeout, options.window)))
         if not response.is_redirect:
             return response
         location = response.headers.get("Location", "")
@@ -326,31 +356,27 @@ def _get(session: requests.Session, url: str, headers: dict, options: DownloadOp
     raise DownloadError(f"{url}: more than {options.max_redirects} redirects", url=url)
 
 
-def _auth_for(url: str, options: DownloadOptions) -> dict[str, str]:
-    """HF_TOKEN goes to the Hugging Face endpoint host only (DESIGN.md §2), never to a redirect target."""
-    if options.hf_token and urlsplit(url).netloc.lower() == options.rewrite.hf_host:
-        return {"Authorization": f"Bearer {options.hf_token}"}
-    return {}
-
-
 # ---------------------------------------------------------------------------------- HTML pages, Drive
 
 
 _HTML_START = re.compile(rb"^\s*(<!doctype\s+html|<html|<head|<body)", re.IGNORECASE)
 
 
-def _reject_html_page(response: requests.Response, first: bytes, spec: FileSpec, label: str) -> None:
+def _reject_html_page(response: requests.Response, first: bytes, body: Body, spec: FileSpec,
+                      options: DownloadOptions, label: str) -> None:
     if spec.filename.lower().endswith((".html", ".htm")):
         return
     ctype = response.headers.get("Content-Type", "").lower()
     if not (_HTML_START.match(first[:1024]) or ctype.startswith("text/html")):
         return
-    page = (first + response.raw.read(256 * 1024, decode_content=True)).decode("utf-8", "replace")
-    confirm = gdrive_confirm_url(page, response.url, response.cookies)
+    page = (first + body.read_some(256 * 1024)).decode("utf-8", "replace")
+    confirm = gdrive_confirm_url(page, response.url, response.cookies, options.rewrite.rules)
     if confirm:
         raise _FollowPage(confirm)
+    elsewhere = "; a Google Drive confirm form, from a host that is not Google Drive: not followed" \
+        if has_confirm_form(page) else ""
     raise VerificationError(f"{label}: {response.url} sent an HTML page instead of the file "
-                            f"({page_title(page)}); an expired link, a login wall or a viewer URL "
+                            f"({page_title(page)}{elsewhere}); an expired link, a login wall or a viewer URL "
                             "(Hugging Face links must use /resolve/, not /blob/)", url=response.url)
 
 
@@ -362,7 +388,7 @@ def _resume_point(part: Path, spec_url: str) -> tuple[int, str | None]:
     if not part.exists():
         return 0, None
     meta = read_json(part_meta_path(part), {})
-    if meta.get("url") != spec_url:  # a partial file of something else: never splice it
+    if meta.get("url") != redact_url(spec_url):  # a partial file of something else: never splice it
         _discard(part)
         return 0, None
     return part.stat().st_size, meta.get("validator")
@@ -372,7 +398,8 @@ def _write_meta(part: Path, spec_url: str, response: requests.Response) -> None:
     etag = response.headers.get("ETag")
     validator = etag if etag and not etag.startswith("W/") else response.headers.get("Last-Modified")
     tmp = part_meta_temp(part)
-    tmp.write_text(json.dumps({"url": spec_url, "validator": validator}))
+    # Redacted: a signed URL's new signature still names the same file, and If-Range guards its bytes.
+    tmp.write_text(json.dumps({"url": redact_url(spec_url), "validator": validator}))
     os.replace(tmp, part_meta_path(part))
 
 
@@ -386,7 +413,7 @@ def _expected_total(response: requests.Response, offset: int) -> int | None:
     if response.status_code == 206:
         return _content_range(response.headers.get("Content-Range", ""))[2]
     length = response.headers.get("Content-Length")
-    if length and length.isdigit() and "gzip" not in response.headers.get("Content-Encoding", ""):
+    if length and length.isdigit() and not content_encoding(response):  # else it counts compressed bytes
         return int(length)
     return None
 
@@ -397,7 +424,7 @@ def _content_range(value: str) -> tuple[int | None, int | None, int | None]:
     if not match:
         return None, None, None
     start, end, total = match.groups()
-    as_int = lambda v: int(v) if v and v != "*" else None  # noqa: E731
+    as_int = lambda v: int(v) if v and v != "*" else None
     return as_int(start), as_int(end), as_int(total)
 
 
@@ -411,17 +438,3 @@ def _retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
-
-
-def _describe(exc: requests.RequestException) -> str:
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    if isinstance(exc, requests.ConnectionError):
-        return "connection failed" if "Max retries" in str(exc) else "connection broken"
-    return type(exc).__name__
-
-
-def _prepend(first: bytes, chunks):
-    if first:
-        yield first
-    yield from chunks

@@ -62,6 +62,17 @@ class HubFile:
     sha256: str | None  # LFS files only (a git blob's oid is a sha1 of its header + bytes: not checked here)
 
 
+def endpoint_auth(url: str, endpoint: str, token: str | None) -> dict[str, str]:
+    """`Authorization: Bearer <HF_TOKEN>` for a URL of the endpoint's own origin (scheme, host and port: a
+    redirect to http on the same host gets nothing), over https or to a loopback endpoint (the tests' fake Hub);
+    nothing for any other URL, a plain-http endpoint elsewhere included."""
+    target, home = urlsplit(url), urlsplit(endpoint)
+    secure = target.scheme == "https" or target.hostname in ("127.0.0.1", "localhost", "::1")
+    if token and secure and (target.scheme, target.netloc.lower()) == (home.scheme, home.netloc.lower()):
+        return {"Authorization": f"Bearer {token}"}
+    return {}
+
+
 def is_hf_url(url: str | None) -> bool:
     return bool(url) and url.startswith("hf://")
 
@@ -146,12 +157,8 @@ class HubClient:
         return f"{self.endpoint}/{hub.repo_type}/{hub.repo}/resolve/{commit}/{quote(path)}"
 
     def auth(self, url: str) -> dict[str, str]:
-        """The token for the endpoint's own host, never over plain http to a non-loopback host."""
-        target, home = urlsplit(url), urlsplit(self.endpoint)
-        secure = target.scheme == "https" or target.hostname in ("127.0.0.1", "localhost", "::1")
-        if self.token and secure and (target.scheme, target.netloc.lower()) == (home.scheme, home.netloc.lower()):
-            return {"Authorization": f"Bearer {self.token}"}
-        return {}
+        """The token for the endpoint's own origin (endpoint_auth: the one rule, also fetch/files.py's)."""
+        return endpoint_auth(url, self.endpoint, self.token)
 
     # ------------------------------------------------------------------------------------------- helpers
 

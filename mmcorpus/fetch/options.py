@@ -77,18 +77,20 @@ class FetchOptions:
         check_available(self.executor, self.engine)  # exit 2 when Ray / img2dataset is missing
 
     def file_options(self) -> DownloadOptions:
-        return replace(self.download, rewrite=self.rewrite)
+        """--timeout also sets the single-file throughput window (DownloadOptions.for_timeout)."""
+        download = self.download if self.timeout is None else self.download.for_timeout(self.timeout)
+        return replace(download, rewrite=self.rewrite)
 
     def url_list_options(self, total_hint: int | None = None) -> UrlListOptions:
-        """The URL-list engine's settings: ours where given, its defaults elsewhere. Mirror targets are the
-        private hosts allowed without --allow-private-hosts."""
+        """The URL-list engine's settings: ours where given, its defaults elsewhere. The --mirror targets are
+        what may reach private addresses without --allow-private-hosts: their origin, under their path only."""
         given = dict(workers=self.workers, threads=self.threads, limit=self.limit, image_check=self.image_check,
                      timeout=self.timeout, shard=self.shard)
         return UrlListOptions(
             **{name: value for name, value in given.items() if value is not None},
             resize=self.resize, retry_failed=self.retry_failed, allow_private_hosts=self.allow_private_hosts,
             respect_opt_out=self.respect_opt_out, rewrite=self.rewrite,
-            mirror_hosts=frozenset(self.rewrite.mirror_hosts()), progress=not is_quiet(), total_hint=total_hint,
+            mirror_hosts=frozenset(self.rewrite.mirror_targets()), progress=not is_quiet(), total_hint=total_hint,
         )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from mmcorpus.errors import UsageError
+from mmcorpus.fetch.addresses import allowance_entry
 
 HF_DEFAULT = "https://huggingface.co"
 _GDRIVE_FILE = re.compile(r"^https?://drive\.google\.com/file/d/([A-Za-z0-9_-]+)")
@@ -56,8 +57,15 @@ class UrlRewriter:
     def hf_host(self) -> str:
         return urlsplit(self.hf_endpoint).netloc.lower()
 
+    def mirror_targets(self) -> set[str]:
+        """The URL prefixes --mirror points at, as address-policy entries (addresses.allowance_entry): a URL under
+        one of them may reach a loopback/private address (a data server's own mirror); the rest of that host,
+        its other ports among them, may not."""
+        return {entry for rule in self.rules if (entry := allowance_entry(rule.target)) is not None}
+
     def mirror_hosts(self) -> set[str]:
-        """Hosts that --mirror points at: allowed even when loopback/private (a data server's own mirror)."""
+        """The host names of the --mirror targets. Not an address allowance to hand on: as an entry a bare host
+        allows all its ports, so `mmcorpus fetch` passes mirror_targets()."""
         return {urlsplit(rule.target).hostname or "" for rule in self.rules} - {""}
 
 

@@ -171,9 +171,11 @@ def test_html_without_checksum_is_still_refused(mirror, tmp_path):
 
 
 def test_google_drive_confirm_page_is_followed(mirror, tmp_path):
-    url = mirror.put("uc", DATA)
+    """The mirror stands for Google Drive (--mirror): only a Drive page's confirm form is followed."""
+    mirror.put("uc", DATA)
     mirror.add("uc", Route(gdrive_confirm=True))
-    download_file(spec_for(url + "?export=download&id=FILEID"), tmp_path, options())
+    rewrite = UrlRewriter([MirrorRule.parse(f"https://drive.google.com/={mirror.url}/")])
+    download_file(spec_for("https://drive.google.com/file/d/FILEID/view"), tmp_path, options(rewrite=rewrite))
     assert (tmp_path / "file.bin").read_bytes() == DATA
     page_hit, file_hit = mirror.hits("uc")
     assert "Range" not in file_hit.headers

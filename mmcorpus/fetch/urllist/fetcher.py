@@ -46,7 +46,7 @@ class FetchPolicy:
     backoff: float = 0.5  # first retry waits about this long, then doubles (with jitter)
     respect_opt_out: bool = True
     host_connections: int = 16  # concurrent requests per host, per process
-    allowed_hosts: frozenset[str] = frozenset()  # mirror targets, allowed although private/loopback
+    allowed_hosts: frozenset[str] = frozenset()  # --mirror target prefixes allowed although private: PrivateAllowance
     allow_private_hosts: bool = False
     user_agent: str = USER_AGENT
 
@@ -320,10 +320,11 @@ class Fetcher:
         """A kept-alive connection to the target's origin, or a new one (address checked first)."""
         pool = self._pool()
         conn = pool.pop(target.origin, None)
-        if conn is not None and conn.sock is not None:
-            pool[target.origin] = conn  # most recently used now
-            return conn, True
         try:
+            if conn is not None and conn.sock is not None:
+                pool[target.origin] = conn  # most recently used now
+                self.addresses.check(target, conn.addresses)  # opened under a --mirror prefix: not for any path
+                return conn, True
             addresses = self.addresses.addresses_for(target, deadline)
         except BlockedURL as exc:
             raise Failure("blocked_url", detail=str(exc)) from None

@@ -67,7 +67,12 @@ import pyarrow.parquet as pq
 from mmcorpus import layout
 from mmcorpus.core.imaging import JPEG_QUALITY
 from mmcorpus.errors import UsageError
-from mmcorpus.fetch.addresses import BlockedURL, is_public, parse_target
+from mmcorpus.fetch.addresses import (
+    BlockedURL,
+    is_public,
+    parse_target,
+    private_allowance,
+)
 from mmcorpus.fetch.urllist.plan import (
     UrlListOptions,
     UrlListSummary,
@@ -137,7 +142,7 @@ def refused(url: str, options: UrlListOptions) -> str | None:
         target = parse_target(url)
     except BlockedURL as exc:
         return str(exc)
-    if options.allow_private_hosts or target.host in {h.lower() for h in options.mirror_hosts}:
+    if options.allow_private_hosts or private_allowance(frozenset(options.mirror_hosts)).covers(target):
         return None
     try:
         ipaddress.ip_address(target.host)

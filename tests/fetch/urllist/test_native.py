@@ -151,7 +151,8 @@ def test_ok_rows_are_complete_and_on_disk(tmp_path, root, mirror):
     [row] = status_rows(root)
     assert row == dict(key="000000000", url=f"{mirror.url}/a.jpg?imgmax=800", caption="a red square", status="ok",
                        error=None, http_status=200, bytes=len(data), width=80, height=60,
-                       image_path="cc3m/train/00000/000000000.jpg", sha256=hashlib.sha256(data).hexdigest())
+                       image_path="cc3m/train/00000/000000000.jpg", sha256=hashlib.sha256(data).hexdigest(),
+                       error_detail=None)
     assert (root / "images" / row["image_path"]).read_bytes() == data
     assert (root / "images/cc3m/train/00000.done").is_file()
     assert mirror.hits("a.jpg")[0].headers["User-Agent"] == USER_AGENT
